@@ -1,0 +1,201 @@
+"""The storage interface: records it returns and the Protocol every database backend implements.
+
+Ids are canonical lowercase UUID strings; callers pass ids exactly as the API received them and the
+backend treats anything that is not a canonical UUID as unknown. Timestamps are aware UTC datetimes.
+Metrics travel as the JSON text the registry stored (`metrics_json`), so the hot path never decodes it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+Order = Literal["asc", "desc"]
+Mode = Literal["max", "min"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    entity: str
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    id: str
+    entity: str
+    project: str
+    name: str
+    base_model: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPage:
+    data: list[Model]
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    """One item of a checkpoint page: only what the list endpoint returns."""
+
+    id: str
+    step: int
+    metrics_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointPage:
+    data: list[CheckpointRow]
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    id: str
+    step: int
+    metrics_json: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BestRule:
+    metric: str
+    mode: Mode
+    k: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionResult:
+    kept_steps: list[int]
+    deleted_steps: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteResult:
+    deleted_count: int
+    not_found_steps: list[int]
+
+
+def canonical_uuid(value: str) -> str | None:
+    """`value` if it is a UUID in canonical lowercase form, else None."""
+    if len(value) != 36:
+        return None
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return None
+    text = str(parsed)
+    return text if text == value else None
+
+
+class Storage(Protocol):
+    """What the server, the CLI and the benchmarks need from a database.
+
+    Every model-scoped method takes the caller's `entity` and raises `ModelNotFound` when the model is
+    unknown, deleted or another entity's, so no caller can learn that another entity's model exists.
+    """
+
+    async def open(self) -> None:
+        """Connect (the pool, the SQLite connection). Called once before any other method."""
+
+    async def close(self) -> None: ...
+
+    async def check(self) -> None:
+        """Raise `DatabaseUnavailable` with a reason when the database does not answer."""
+
+    # Keys -------------------------------------------------------------------------------------
+
+    async def create_key(self, entity: str, name: str, key_hash: str) -> ApiKey: ...
+
+    async def list_keys(self) -> list[ApiKey]: ...
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        """Revoke the key (idempotent); `KeyNotFound` when there is no such key."""
+
+    async def count_keys(self) -> int: ...
+
+    async def entity_for_key(self, key_hash: str) -> str | None:
+        """The entity of the live key with that sha256 hex hash, or None (unknown or revoked)."""
+
+    # Models -----------------------------------------------------------------------------------
+
+    async def create_model(
+        self,
+        entity: str,
+        project: str,
+        name: str,
+        base_model: str,
+        *,
+        return_existing: bool,
+    ) -> tuple[Model, bool]:
+        """The new model and True; or the live model of that name and False when `return_existing`.
+
+        Raises `ModelNameTaken` when the name is live and `return_existing` is false.
+        """
+
+    async def get_model(self, entity: str, model_id: str) -> Model: ...
+
+    async def list_models(
+        self, entity: str, *, project: str | None, after: str | None, limit: int, order: Order
+    ) -> ModelPage:
+        """Keyset page by (created_at, id); `InvalidCursor` when `after` is no model of the entity."""
+
+    async def delete_model(self, entity: str, model_id: str) -> int:
+        """Delete the model and its checkpoints; the number of live checkpoints deleted."""
+
+    # Checkpoints ------------------------------------------------------------------------------
+
+    async def list_checkpoints(
+        self, entity: str, model_id: str, *, after: str | None, limit: int, order: Order
+    ) -> CheckpointPage:
+        """Keyset page by (step, id) strictly after the cursor in the requested order.
+
+        `after` may name a live checkpoint or a tombstone of this model; anything else raises
+        `InvalidCursor` (`CursorExpired` when the tombstone was purged).
+        """
+
+    async def register_checkpoint(
+        self, entity: str, model_id: str, step: int, metrics: dict[str, float]
+    ) -> tuple[Checkpoint, bool]:
+        """The new checkpoint and True, or the existing one and False when its metrics are equal.
+
+        Raises `StepConflict` when the step is live with different metrics.
+        """
+
+    async def get_checkpoint(self, entity: str, model_id: str, checkpoint_id: str) -> Checkpoint: ...
+
+    async def update_metrics(
+        self, entity: str, model_id: str, checkpoint_id: str, metrics: dict[str, float]
+    ) -> Checkpoint:
+        """Merge `metrics` into the checkpoint's (new names added, existing ones overwritten)."""
+
+    async def delete_checkpoints(self, entity: str, model_id: str, steps: list[int]) -> DeleteResult:
+        """Delete the live checkpoints at `steps`, leaving tombstones; unknown steps are reported."""
+
+    async def best_checkpoint(self, entity: str, model_id: str, metric: str, mode: Mode) -> Checkpoint:
+        """Best by one metric (ties: later step), from an index; `MetricNotFound` when none has it."""
+
+    async def apply_retention(
+        self,
+        entity: str,
+        model_id: str,
+        *,
+        keep_latest: int,
+        keep_best: BestRule | None,
+        dry_run: bool,
+    ) -> RetentionResult:
+        """Delete every checkpoint neither among the latest `keep_latest` nor the best `keep_best.k`.
+
+        The latest checkpoint is always kept. Checkpoints registered while this runs are kept.
+        """
+
+    async def purge_tombstones(self, older_than: datetime) -> int:
+        """Remove tombstones deleted before `older_than`; remember their ids as expired cursors."""

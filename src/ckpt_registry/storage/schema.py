@@ -1,0 +1,99 @@
+"""The registry's tables as SQLAlchemy metadata: the source the migrations are checked against.
+
+Runtime queries are plain SQL in each backend; this metadata exists for Alembic. Live checkpoints and
+their tombstones are separate tables so that the hot listing scan never steps over deleted rows.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+Id = sa.Uuid(as_uuid=False)
+Timestamp = sa.DateTime(timezone=True)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("entity", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("key_hash", sa.Text, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("revoked_at", Timestamp, nullable=True),
+    sa.Index("ix_api_keys_key_hash", "key_hash", unique=True),
+)
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("entity", sa.Text, nullable=False),
+    sa.Column("project", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("base_model", sa.Text, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("deleted_at", Timestamp, nullable=True),
+    sa.Index(
+        "ux_models_live_name",
+        "entity",
+        "project",
+        "name",
+        unique=True,
+        sqlite_where=sa.text("deleted_at IS NULL"),
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    ),
+    sa.Index("ix_models_entity_created", "entity", "created_at", "id"),
+)
+
+# Clustered on the listing key: SQLite WITHOUT ROWID stores rows in primary-key order.
+checkpoints = sa.Table(
+    "checkpoints",
+    metadata,
+    sa.Column("model_id", Id, primary_key=True),
+    sa.Column("step", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("metrics", sa.Text, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Index("ux_checkpoints_id", "id", unique=True),
+    sa.Index("ux_checkpoints_model_step", "model_id", "step", unique=True),
+    sqlite_with_rowid=False,
+)
+
+# A deleted checkpoint's position, so a cursor naming it keeps the walk going.
+checkpoint_tombstones = sa.Table(
+    "checkpoint_tombstones",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("model_id", Id, nullable=False),
+    sa.Column("step", sa.BigInteger, nullable=False),
+    sa.Column("deleted_at", Timestamp, nullable=False),
+    sa.Index("ix_checkpoint_tombstones_deleted_at", "deleted_at"),
+    sa.Index("ix_checkpoint_tombstones_model", "model_id"),
+    sqlite_with_rowid=False,
+)
+
+# Ids of purged tombstones, so such a cursor is reported as expired rather than unknown.
+expired_cursors = sa.Table(
+    "expired_cursors",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("model_id", Id, nullable=False),
+    sa.Column("purged_at", Timestamp, nullable=False),
+    sa.Index("ix_expired_cursors_purged_at", "purged_at"),
+    sqlite_with_rowid=False,
+)
+
+# One row per (checkpoint, metric): "best by metric" reads an index instead of every JSON document.
+checkpoint_metrics = sa.Table(
+    "checkpoint_metrics",
+    metadata,
+    sa.Column("model_id", Id, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("step", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("value", sa.Float(precision=53), nullable=False),
+    sa.Index("ix_checkpoint_metrics_best", "model_id", "name", "value", "step"),
+    sqlite_with_rowid=False,
+)
