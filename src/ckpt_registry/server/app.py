@@ -1,0 +1,89 @@
+"""The application factory: `create_app(settings)` builds the ASGI app; nothing is opened at import."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp
+
+from .. import __version__
+from ..storage import PoolOptions, Storage, open_storage
+from ..storage.errors import StorageError
+from .errors import install_error_handlers
+from .fastpath import ListCheckpointsFastPath
+from .limits import BodySizeLimit
+from .openapi import install_openapi
+from .routes import checkpoints, models, service
+from .settings import Settings
+
+log = logging.getLogger("ckpt_registry")
+
+
+async def purge_tombstones_forever(storage: Storage, settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(settings.gc_interval_seconds)
+        cutoff = datetime.now(UTC) - timedelta(seconds=settings.tombstone_ttl_seconds)
+        try:
+            purged = await storage.purge_tombstones(cutoff)
+        except StorageError as exc:
+            log.warning("tombstone purge failed: %s", exc)
+        else:
+            if purged:
+                log.info("purged %d tombstones older than %s", purged, cutoff.isoformat())
+
+
+def create_app(settings: Settings | None = None) -> ASGIApp:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        storage = open_storage(
+            settings.database_url,
+            PoolOptions(
+                pool_size=settings.pg_pool_size,
+                connect_timeout=settings.pg_connect_timeout,
+                statement_timeout=settings.pg_statement_timeout,
+            ),
+        )
+        await storage.open()
+        app.state.storage = storage
+        gc = (
+            asyncio.create_task(purge_tombstones_forever(storage, settings))
+            if settings.gc_interval_seconds > 0
+            else None
+        )
+        try:
+            yield
+        finally:
+            if gc is not None:
+                gc.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await gc
+            app.state.storage = None
+            await storage.close()
+
+    api = FastAPI(
+        title="ckpt-registry",
+        version=__version__,
+        description="A model checkpoint registry speaking the W&B Training checkpoint API.",
+        lifespan=lifespan,
+    )
+    api.state.storage = None
+    api.state.settings = settings
+    install_error_handlers(api)
+    for router in (models.router, checkpoints.router, service.router):
+        api.include_router(router)
+    install_openapi(api)
+    return ListCheckpointsFastPath(
+        BodySizeLimit(api, settings.max_body_bytes), lambda: api.state.storage
+    )
+
+
+def create_app_from_env() -> ASGIApp:
+    """For `uvicorn --factory`: settings from `CKPT_*` environment variables."""
+    return create_app(Settings())

@@ -1,0 +1,81 @@
+"""Every failure the user can act on, mapped to a status and a body in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from ..storage import errors as storage_errors
+from .auth import AuthenticationFailed
+from .responses import JSONBytes
+
+STATUS_BY_ERROR: dict[type[storage_errors.StorageError], int] = {
+    storage_errors.DatabaseUnavailable: 503,
+    storage_errors.KeyNotFound: 404,
+    storage_errors.ModelNotFound: 404,
+    storage_errors.CheckpointNotFound: 404,
+    storage_errors.MetricNotFound: 404,
+    storage_errors.ModelNameTaken: 409,
+    storage_errors.StepConflict: 409,
+}
+
+
+class Forbidden(Exception):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def validation_error(loc: list[str | int], msg: str, type_: str = "value_error") -> JSONBytes:
+    return JSONBytes({"detail": [{"loc": loc, "msg": msg, "type": type_}]}, 422)
+
+
+def _plain(error: dict[str, Any]) -> dict[str, Any]:
+    # Only loc, msg and type: echoing `input` could leak values or fail to serialise (bytes, NaN).
+    return {
+        "loc": [part if isinstance(part, int) else str(part) for part in error.get("loc", ())],
+        "msg": str(error.get("msg", "")),
+        "type": str(error.get("type", "value_error")),
+    }
+
+
+async def _request_validation(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return JSONBytes({"detail": [_plain(error) for error in exc.errors()]}, 422)
+
+
+async def _storage_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, storage_errors.StorageError)
+    if isinstance(exc, storage_errors.InvalidCursor):
+        return validation_error(["query", "after"], exc.message)
+    return JSONBytes({"detail": exc.message}, STATUS_BY_ERROR.get(type(exc), 400))
+
+
+async def _authentication_failed(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AuthenticationFailed)
+    return JSONBytes({"detail": exc.detail}, 401, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def _forbidden(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Forbidden)
+    return JSONBytes({"detail": exc.detail}, 403)
+
+
+async def _http_exception(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=headers)
+    return JSONBytes({"detail": exc.detail}, exc.status_code, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(storage_errors.StorageError, _storage_error)
+    app.add_exception_handler(AuthenticationFailed, _authentication_failed)
+    app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(HTTPException, _http_exception)

@@ -1,0 +1,94 @@
+"""The list endpoint's fast path: a bare ASGI handler in front of the FastAPI app.
+
+Listing is the hot path (trainers ask for the latest step after every step), and the framework's
+request handling costs several times the query. This handler serves only well-formed, authorised list
+requests; anything else (a bad parameter, a bad key, an unknown model or cursor, an outage) is handed to
+the FastAPI route, which answers with the contract's exact error. Both produce the page with
+`responses.checkpoint_page_body`, so the two cannot drift apart in what a successful page holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..storage.base import Order, Storage
+from ..storage.errors import StorageError
+from .auth import AuthenticationFailed, entity_for_authorization
+from .responses import checkpoint_page_body
+
+PREFIX = "/v1/preview/models/"
+SUFFIX = "/checkpoints"
+JSON_HEADER = (b"content-type", b"application/json")
+
+
+class ListCheckpointsFastPath:
+    def __init__(self, app: ASGIApp, storage: Callable[[], Storage | None]) -> None:
+        self.app = app
+        self.storage = storage
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            body = await self.page(scope)
+            if body is not None:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [JSON_HEADER, (b"content-length", str(len(body)).encode())],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+    async def page(self, scope: Scope) -> bytes | None:
+        """The page's body, or None when the full route should answer this request."""
+        path: str = scope["path"]
+        if not (path.startswith(PREFIX) and path.endswith(SUFFIX)):
+            return None
+        model_id = path[len(PREFIX) : -len(SUFFIX)]
+        storage = self.storage()
+        if not model_id or "/" in model_id or storage is None:
+            return None
+        query = parse_query(scope["query_string"])
+        if query is None:
+            return None
+        after, limit, order = query
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        try:
+            entity = await entity_for_authorization(authorization, storage)
+            page = await storage.list_checkpoints(
+                entity, model_id, after=after, limit=limit, order=order
+            )
+        except (AuthenticationFailed, StorageError):
+            return None
+        return checkpoint_page_body(page)
+
+
+def parse_query(query_string: bytes) -> tuple[str | None, int, Order] | None:
+    """`(after, limit, order)` when every parameter is plainly valid, else None."""
+    after: str | None = None
+    limit, order = 20, "asc"
+    seen: set[str] = set()
+    for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if name in seen:
+            return None
+        seen.add(name)
+        if name == "after":
+            after = value
+        elif name == "limit":
+            if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 100):
+                return None
+            limit = int(value)
+        elif name == "order":
+            if value not in ("asc", "desc"):
+                return None
+            order = value
+    return after, limit, "asc" if order == "asc" else "desc"

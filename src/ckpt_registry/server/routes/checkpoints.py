@@ -1,0 +1,152 @@
+"""Checkpoints of a model: list (the W&B-compatible hot path), register, read, merge metrics, delete,
+best by metric and retention."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Query
+from starlette.responses import Response
+
+from ...storage.base import BestRule
+from ..auth import Entity, StorageDep
+from ..responses import JSONBytes, checkpoint_detail, checkpoint_page_body
+from ..schemas import (
+    CheckpointCreate,
+    CheckpointDetail,
+    CheckpointResponse,
+    DeleteCheckpointsRequest,
+    DeleteCheckpointsResponse,
+    ErrorDetail,
+    MetricName,
+    MetricsUpdate,
+    PaginatedResponse,
+    RetentionRequest,
+    RetentionResponse,
+)
+
+router = APIRouter(prefix="/v1/preview/models/{model_id}/checkpoints", tags=["models"])
+
+ERRORS = {401: {"model": ErrorDetail}, 404: {"model": ErrorDetail}}
+
+
+@router.get(
+    "",
+    summary="List Model Checkpoints",
+    response_model=PaginatedResponse[CheckpointResponse],
+    responses=ERRORS,
+)
+async def list_model_checkpoints(
+    model_id: str,
+    entity: Entity,
+    storage: StorageDep,
+    after: Annotated[
+        str | None, Query(description="Cursor for pagination - ID of the last item from previous page")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Number of items to return")] = 20,
+    order: Annotated[Literal["asc", "desc"], Query(description="Sort order")] = "asc",
+) -> Response:
+    # The same operation is served by `fastpath.py` for well-formed requests; this route answers the
+    # rest (every error) and defines the operation's OpenAPI description.
+    page = await storage.list_checkpoints(entity, model_id, after=after, limit=limit, order=order)
+    return Response(checkpoint_page_body(page), media_type="application/json")
+
+
+@router.delete(
+    "",
+    summary="Delete Model Checkpoints",
+    response_model=DeleteCheckpointsResponse,
+    responses=ERRORS,
+)
+async def delete_model_checkpoints(
+    model_id: str, body: DeleteCheckpointsRequest, entity: Entity, storage: StorageDep
+) -> Response:
+    result = await storage.delete_checkpoints(entity, model_id, body.steps)
+    return JSONBytes(
+        {"deleted_count": result.deleted_count, "not_found_steps": result.not_found_steps}
+    )
+
+
+@router.post(
+    "",
+    summary="Register Checkpoint",
+    status_code=201,
+    response_model=CheckpointDetail,
+    responses={
+        **ERRORS,
+        200: {"model": CheckpointDetail, "description": "The step was already registered with equal metrics"},
+        409: {"model": ErrorDetail},
+    },
+)
+async def register_checkpoint(
+    model_id: str, body: CheckpointCreate, entity: Entity, storage: StorageDep
+) -> Response:
+    checkpoint, created = await storage.register_checkpoint(entity, model_id, body.step, body.metrics)
+    return JSONBytes(checkpoint_detail(checkpoint), 201 if created else 200)
+
+
+@router.get(
+    "/best",
+    summary="Best Checkpoint By Metric",
+    response_model=CheckpointDetail,
+    responses=ERRORS,
+)
+async def best_checkpoint(
+    model_id: str,
+    entity: Entity,
+    storage: StorageDep,
+    metric: Annotated[MetricName, Query(description="The metric to rank by")],
+    mode: Annotated[Literal["max", "min"], Query(description="Higher or lower is better")] = "max",
+) -> Response:
+    return JSONBytes(checkpoint_detail(await storage.best_checkpoint(entity, model_id, metric, mode)))
+
+
+@router.post(
+    "/retention",
+    summary="Apply Retention",
+    response_model=RetentionResponse,
+    responses=ERRORS,
+)
+async def apply_retention(
+    model_id: str, body: RetentionRequest, entity: Entity, storage: StorageDep
+) -> Response:
+    keep_best = (
+        BestRule(body.keep_best.metric, body.keep_best.mode, body.keep_best.k)
+        if body.keep_best is not None
+        else None
+    )
+    result = await storage.apply_retention(
+        entity, model_id, keep_latest=body.keep_latest, keep_best=keep_best, dry_run=body.dry_run
+    )
+    return JSONBytes(
+        {"dry_run": body.dry_run, "kept_steps": result.kept_steps, "deleted_steps": result.deleted_steps}
+    )
+
+
+@router.get(
+    "/{checkpoint_id}",
+    summary="Get Checkpoint",
+    response_model=CheckpointDetail,
+    responses=ERRORS,
+)
+async def get_checkpoint(
+    model_id: str, checkpoint_id: str, entity: Entity, storage: StorageDep
+) -> Response:
+    return JSONBytes(checkpoint_detail(await storage.get_checkpoint(entity, model_id, checkpoint_id)))
+
+
+@router.patch(
+    "/{checkpoint_id}",
+    summary="Update Checkpoint Metrics",
+    response_model=CheckpointDetail,
+    responses=ERRORS,
+)
+async def update_checkpoint_metrics(
+    model_id: str,
+    checkpoint_id: str,
+    body: Annotated[MetricsUpdate, Body()],
+    entity: Entity,
+    storage: StorageDep,
+) -> Response:
+    checkpoint = await storage.update_metrics(entity, model_id, checkpoint_id, body.metrics)
+    return JSONBytes(checkpoint_detail(checkpoint))

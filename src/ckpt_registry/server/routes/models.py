@@ -1,0 +1,65 @@
+"""Models: create, list, read, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from starlette.responses import Response
+
+from ..auth import Entity, StorageDep
+from ..errors import Forbidden
+from ..responses import JSONBytes, model_page, model_response
+from ..schemas import DeleteModelResponse, ErrorDetail, ModelCreate, ModelResponse, PaginatedResponse
+
+router = APIRouter(prefix="/v1/preview/models", tags=["models"])
+
+ERRORS = {401: {"model": ErrorDetail}, 404: {"model": ErrorDetail}}
+
+
+@router.post(
+    "",
+    summary="Create Model",
+    response_model=ModelResponse,
+    responses={401: {"model": ErrorDetail}, 403: {"model": ErrorDetail}, 409: {"model": ErrorDetail}},
+)
+async def create_model(body: ModelCreate, entity: Entity, storage: StorageDep) -> Response:
+    if body.entity is not None and body.entity != entity:
+        raise Forbidden(f"This API key cannot create models for entity {body.entity!r}")
+    model, _ = await storage.create_model(
+        entity, body.project, body.name, body.base_model, return_existing=body.return_existing
+    )
+    return JSONBytes(model_response(model))
+
+
+@router.get(
+    "",
+    summary="List Models",
+    response_model=PaginatedResponse[ModelResponse],
+    responses={401: {"model": ErrorDetail}},
+)
+async def list_models(
+    entity: Entity,
+    storage: StorageDep,
+    after: Annotated[
+        str | None, Query(description="Cursor for pagination - ID of the last item from previous page")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Number of items to return")] = 20,
+    order: Annotated[Literal["asc", "desc"], Query(description="Sort order")] = "asc",
+    project: Annotated[str | None, Query(description="Only models of this project")] = None,
+) -> Response:
+    page = await storage.list_models(entity, project=project, after=after, limit=limit, order=order)
+    return JSONBytes(model_page(page))
+
+
+@router.get("/{model_id}", summary="Get Model", response_model=ModelResponse, responses=ERRORS)
+async def get_model(model_id: str, entity: Entity, storage: StorageDep) -> Response:
+    return JSONBytes(model_response(await storage.get_model(entity, model_id)))
+
+
+@router.delete(
+    "/{model_id}", summary="Delete Model", response_model=DeleteModelResponse, responses=ERRORS
+)
+async def delete_model(model_id: str, entity: Entity, storage: StorageDep) -> Response:
+    deleted = await storage.delete_model(entity, model_id)
+    return JSONBytes({"model_id": model_id, "deleted_checkpoints": deleted, "deleted_run": False})

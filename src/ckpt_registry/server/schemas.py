@@ -1,0 +1,129 @@
+"""Request and response schemas: requests are validated here; responses document the API.
+
+Responses are written as pre-encoded JSON (see `responses.py`) rather than validated through these
+models: validating our own output cost more than the database query on the list endpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Annotated, Generic, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, Field, StrictBool, StrictInt, StringConstraints
+
+MAX_STEP = 2**63 - 1
+MAX_METRICS = 1000
+MAX_DELETE_STEPS = 10_000
+
+Step = Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]
+MetricName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("metric values must be finite numbers")
+    return value
+
+
+# Strict: JSON numbers only (no booleans, no numeric strings); ints become floats, so 1 == 1.0.
+MetricValue = Annotated[float, Field(strict=True, allow_inf_nan=False), AfterValidator(_finite)]
+Metrics = Annotated[dict[MetricName, MetricValue], Field(max_length=MAX_METRICS)]
+
+T = TypeVar("T")
+
+
+class PaginatedResponse(BaseModel, Generic[T]):
+    object: str = Field(default="list", description="Object type identifier")
+    data: list[T] = Field(description="Array of items")
+    first_id: str = Field(default="", description="ID of the first item in the current page")
+    last_id: str = Field(default="", description="ID of the last item in the current page")
+    has_more: bool = Field(description="Whether there are more items available")
+
+
+class CheckpointResponse(BaseModel):
+    """Schema for Checkpoint response."""
+
+    id: uuid.UUID
+    step: int
+    metrics: dict[str, float]
+
+
+class CheckpointDetail(CheckpointResponse):
+    """A checkpoint with its timestamps (ISO 8601, UTC)."""
+
+    created_at: str
+    updated_at: str
+
+
+class ModelCreate(BaseModel):
+    entity: Name | None = None
+    project: Name
+    name: Name
+    base_model: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    return_existing: StrictBool = False
+
+
+class ModelResponse(BaseModel):
+    id: uuid.UUID
+    entity: str
+    project: str
+    name: str
+    base_model: str
+    run_id: str | None = None
+
+
+class DeleteModelResponse(BaseModel):
+    model_id: uuid.UUID
+    deleted_checkpoints: int
+    deleted_run: bool
+
+
+class CheckpointCreate(BaseModel):
+    step: Step
+    metrics: Metrics = Field(default_factory=dict)
+
+
+class MetricsUpdate(BaseModel):
+    metrics: Metrics
+
+
+class DeleteCheckpointsRequest(BaseModel):
+    steps: Annotated[list[Step], Field(max_length=MAX_DELETE_STEPS)]
+
+
+class DeleteCheckpointsResponse(BaseModel):
+    deleted_count: int
+    not_found_steps: list[int]
+
+
+class KeepBest(BaseModel):
+    metric: MetricName
+    mode: Literal["max", "min"] = "max"
+    k: Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]
+
+
+class RetentionRequest(BaseModel):
+    keep_latest: Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]
+    keep_best: KeepBest | None = None
+    dry_run: StrictBool = False
+
+
+class RetentionResponse(BaseModel):
+    dry_run: bool
+    kept_steps: list[int]
+    deleted_steps: list[int]
+
+
+class Health(BaseModel):
+    pass
+
+
+class SystemCheck(BaseModel):
+    status: Literal["ok", "error"]
+    checks: dict[str, str]
+
+
+class ErrorDetail(BaseModel):
+    detail: str
