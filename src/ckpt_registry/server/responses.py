@@ -22,7 +22,10 @@ def timestamp(moment: Any) -> str:
 
 
 def checkpoint_page_body(page: CheckpointPage) -> bytes:
-    data = [{"id": row.id, "step": row.step, "metrics": orjson.Fragment(row.metrics_json)} for row in page.data]
+    data = [
+        {"id": row.id, "step": row.step, "metrics": orjson.Fragment(row.metrics_json)}
+        for row in page.data
+    ]
     return orjson.dumps(
         {
             "object": "list",

@@ -170,17 +170,23 @@ class Storage(Protocol):
         Raises `StepConflict` when the step is live with different metrics.
         """
 
-    async def get_checkpoint(self, entity: str, model_id: str, checkpoint_id: str) -> Checkpoint: ...
+    async def get_checkpoint(
+        self, entity: str, model_id: str, checkpoint_id: str
+    ) -> Checkpoint: ...
 
     async def update_metrics(
         self, entity: str, model_id: str, checkpoint_id: str, metrics: dict[str, float]
     ) -> Checkpoint:
         """Merge `metrics` into the checkpoint's (new names added, existing ones overwritten)."""
 
-    async def delete_checkpoints(self, entity: str, model_id: str, steps: list[int]) -> DeleteResult:
+    async def delete_checkpoints(
+        self, entity: str, model_id: str, steps: list[int]
+    ) -> DeleteResult:
         """Delete the live checkpoints at `steps`, leaving tombstones; unknown steps are reported."""
 
-    async def best_checkpoint(self, entity: str, model_id: str, metric: str, mode: Mode) -> Checkpoint:
+    async def best_checkpoint(
+        self, entity: str, model_id: str, metric: str, mode: Mode
+    ) -> Checkpoint:
         """Best by one metric (ties: later step), from an index; `MetricNotFound` when none has it."""
 
     async def apply_retention(

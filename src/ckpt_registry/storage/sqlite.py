@@ -85,7 +85,11 @@ def _checkpoint(row: tuple[str, int, str, str, str]) -> Checkpoint:
 def _key(row: tuple[str, str, str, str, str | None]) -> ApiKey:
     id_, entity, name, created_at, revoked_at = row
     return ApiKey(
-        id_, entity, name, parse_timestamp(created_at), parse_timestamp(revoked_at) if revoked_at else None
+        id_,
+        entity,
+        name,
+        parse_timestamp(created_at),
+        parse_timestamp(revoked_at) if revoked_at else None,
     )
 
 
@@ -178,7 +182,8 @@ class SQLiteStorage:
                 (_now(), key_id),
             )
             row = db.execute(
-                "SELECT id, entity, name, created_at, revoked_at FROM api_keys WHERE id = ?", (key_id,)
+                "SELECT id, entity, name, created_at, revoked_at FROM api_keys WHERE id = ?",
+                (key_id,),
             ).fetchone()
         if row is None:
             raise KeyNotFound(f"no key with id {key_id!r}")
@@ -274,7 +279,12 @@ class SQLiteStorage:
             (count,) = db.execute(
                 "SELECT COUNT(*) FROM checkpoints WHERE model_id = ?", (model_id,)
             ).fetchone()
-            for table in ("checkpoints", "checkpoint_metrics", "checkpoint_tombstones", "expired_cursors"):
+            for table in (
+                "checkpoints",
+                "checkpoint_metrics",
+                "checkpoint_tombstones",
+                "expired_cursors",
+            ):
                 db.execute(f"DELETE FROM {table} WHERE model_id = ?", (model_id,))
             db.execute("UPDATE models SET deleted_at = ? WHERE id = ?", (_now(), model_id))
         return int(count)
@@ -334,7 +344,11 @@ class SQLiteStorage:
                 return existing, False
             now = _now()
             checkpoint = Checkpoint(
-                str(uuid.uuid4()), step, encode_metrics(metrics), parse_timestamp(now), parse_timestamp(now)
+                str(uuid.uuid4()),
+                step,
+                encode_metrics(metrics),
+                parse_timestamp(now),
+                parse_timestamp(now),
             )
             db.execute(
                 "INSERT INTO checkpoints (model_id, step, id, metrics, created_at, updated_at) "
@@ -380,7 +394,11 @@ class SQLiteStorage:
                 [(model_id, name, current.step, value) for name, value in metrics.items()],
             )
         return Checkpoint(
-            current.id, current.step, encode_metrics(merged), current.created_at, parse_timestamp(now)
+            current.id,
+            current.step,
+            encode_metrics(merged),
+            current.created_at,
+            parse_timestamp(now),
         )
 
     def _delete_steps(self, db: sqlite3.Connection, model_id: str, steps: list[int]) -> None:
@@ -398,7 +416,9 @@ class SQLiteStorage:
                 (model_id, steps_json),
             )
 
-    async def delete_checkpoints(self, entity: str, model_id: str, steps: list[int]) -> DeleteResult:
+    async def delete_checkpoints(
+        self, entity: str, model_id: str, steps: list[int]
+    ) -> DeleteResult:
         requested = list(dict.fromkeys(steps))
         with self._write() as db:
             self._live_model(entity, model_id)
@@ -422,7 +442,9 @@ class SQLiteStorage:
         ).fetchall()
         return [int(row[0]) for row in rows]
 
-    async def best_checkpoint(self, entity: str, model_id: str, metric: str, mode: Mode) -> Checkpoint:
+    async def best_checkpoint(
+        self, entity: str, model_id: str, metric: str, mode: Mode
+    ) -> Checkpoint:
         self._live_model(entity, model_id)
         best = self._best_steps(model_id, BestRule(metric, mode, 1), 1)
         if not best:

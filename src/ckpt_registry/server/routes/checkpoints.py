@@ -3,7 +3,7 @@ best by metric and retention."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query
 from starlette.responses import Response
@@ -27,7 +27,7 @@ from ..schemas import (
 
 router = APIRouter(prefix="/v1/preview/models/{model_id}/checkpoints", tags=["models"])
 
-ERRORS = {401: {"model": ErrorDetail}, 404: {"model": ErrorDetail}}
+ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorDetail}, 404: {"model": ErrorDetail}}
 
 
 @router.get(
@@ -41,7 +41,8 @@ async def list_model_checkpoints(
     entity: Entity,
     storage: StorageDep,
     after: Annotated[
-        str | None, Query(description="Cursor for pagination - ID of the last item from previous page")
+        str | None,
+        Query(description="Cursor for pagination - ID of the last item from previous page"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Number of items to return")] = 20,
     order: Annotated[Literal["asc", "desc"], Query(description="Sort order")] = "asc",
@@ -74,14 +75,19 @@ async def delete_model_checkpoints(
     response_model=CheckpointDetail,
     responses={
         **ERRORS,
-        200: {"model": CheckpointDetail, "description": "The step was already registered with equal metrics"},
+        200: {
+            "model": CheckpointDetail,
+            "description": "The step was already registered with equal metrics",
+        },
         409: {"model": ErrorDetail},
     },
 )
 async def register_checkpoint(
     model_id: str, body: CheckpointCreate, entity: Entity, storage: StorageDep
 ) -> Response:
-    checkpoint, created = await storage.register_checkpoint(entity, model_id, body.step, body.metrics)
+    checkpoint, created = await storage.register_checkpoint(
+        entity, model_id, body.step, body.metrics
+    )
     return JSONBytes(checkpoint_detail(checkpoint), 201 if created else 200)
 
 
@@ -98,7 +104,9 @@ async def best_checkpoint(
     metric: Annotated[MetricName, Query(description="The metric to rank by")],
     mode: Annotated[Literal["max", "min"], Query(description="Higher or lower is better")] = "max",
 ) -> Response:
-    return JSONBytes(checkpoint_detail(await storage.best_checkpoint(entity, model_id, metric, mode)))
+    return JSONBytes(
+        checkpoint_detail(await storage.best_checkpoint(entity, model_id, metric, mode))
+    )
 
 
 @router.post(
@@ -119,7 +127,11 @@ async def apply_retention(
         entity, model_id, keep_latest=body.keep_latest, keep_best=keep_best, dry_run=body.dry_run
     )
     return JSONBytes(
-        {"dry_run": body.dry_run, "kept_steps": result.kept_steps, "deleted_steps": result.deleted_steps}
+        {
+            "dry_run": body.dry_run,
+            "kept_steps": result.kept_steps,
+            "deleted_steps": result.deleted_steps,
+        }
     )
 
 
@@ -132,7 +144,9 @@ async def apply_retention(
 async def get_checkpoint(
     model_id: str, checkpoint_id: str, entity: Entity, storage: StorageDep
 ) -> Response:
-    return JSONBytes(checkpoint_detail(await storage.get_checkpoint(entity, model_id, checkpoint_id)))
+    return JSONBytes(
+        checkpoint_detail(await storage.get_checkpoint(entity, model_id, checkpoint_id))
+    )
 
 
 @router.patch(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from starlette.responses import Response
@@ -10,18 +10,28 @@ from starlette.responses import Response
 from ..auth import Entity, StorageDep
 from ..errors import Forbidden
 from ..responses import JSONBytes, model_page, model_response
-from ..schemas import DeleteModelResponse, ErrorDetail, ModelCreate, ModelResponse, PaginatedResponse
+from ..schemas import (
+    DeleteModelResponse,
+    ErrorDetail,
+    ModelCreate,
+    ModelResponse,
+    PaginatedResponse,
+)
 
 router = APIRouter(prefix="/v1/preview/models", tags=["models"])
 
-ERRORS = {401: {"model": ErrorDetail}, 404: {"model": ErrorDetail}}
+ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorDetail}, 404: {"model": ErrorDetail}}
 
 
 @router.post(
     "",
     summary="Create Model",
     response_model=ModelResponse,
-    responses={401: {"model": ErrorDetail}, 403: {"model": ErrorDetail}, 409: {"model": ErrorDetail}},
+    responses={
+        401: {"model": ErrorDetail},
+        403: {"model": ErrorDetail},
+        409: {"model": ErrorDetail},
+    },
 )
 async def create_model(body: ModelCreate, entity: Entity, storage: StorageDep) -> Response:
     if body.entity is not None and body.entity != entity:
@@ -42,7 +52,8 @@ async def list_models(
     entity: Entity,
     storage: StorageDep,
     after: Annotated[
-        str | None, Query(description="Cursor for pagination - ID of the last item from previous page")
+        str | None,
+        Query(description="Cursor for pagination - ID of the last item from previous page"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Number of items to return")] = 20,
     order: Annotated[Literal["asc", "desc"], Query(description="Sort order")] = "asc",

@@ -1,0 +1,198 @@
+"""`ckpt`: serve the registry, manage its database and keys; models and checkpoints via the SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from ..keys import generate_key, hash_key
+from ..storage import Storage, open_storage
+from ..storage.errors import StorageError
+from ..storage.migrate import downgrade, upgrade
+from ..storage.urls import UnsupportedDatabaseUrl
+
+T = TypeVar("T")
+
+DEFAULT_DATABASE_URL = "sqlite:///./ckpt.db"
+
+database_url_option = click.option(
+    "--database-url",
+    envvar="CKPT_DATABASE_URL",
+    default=DEFAULT_DATABASE_URL,
+    show_default=True,
+    help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB (env CKPT_DATABASE_URL).",
+)
+
+
+class Group(click.Group):
+    """A group whose commands report expected failures as one line on stderr, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (StorageError, UnsupportedDatabaseUrl) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def with_storage(url: str, action: Callable[[Storage], Awaitable[T]]) -> T:
+    async def run() -> T:
+        storage = open_storage(url)
+        await storage.open()
+        try:
+            return await action(storage)
+        finally:
+            await storage.close()
+
+    return asyncio.run(run())
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ckpt-registry")
+def cli() -> None:
+    """ckpt-registry: a self-hostable model checkpoint registry (W&B Training compatible)."""
+
+
+@cli.command(
+    epilog="Example: ckpt serve --database-url sqlite:///./ckpt.db --port 8000",
+)
+@database_url_option
+@click.option("--host", envvar="CKPT_HOST", default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="CKPT_PORT", default=8000, show_default=True, type=int)
+@click.option("--workers", envvar="CKPT_WORKERS", default=1, show_default=True, type=int)
+@click.option("--access-log/--no-access-log", default=False, show_default=True)
+def serve(database_url: str, host: str, port: int, workers: int, access_log: bool) -> None:
+    """Migrate the database, make a first key if there is none, and serve the API."""
+    import uvicorn
+
+    from ..server import Settings
+
+    os.environ.update(
+        CKPT_DATABASE_URL=database_url,
+        CKPT_HOST=host,
+        CKPT_PORT=str(port),
+        CKPT_WORKERS=str(workers),
+    )
+    try:
+        Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CKPT_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise click.ClickException(f"invalid settings: {problems}") from None
+    upgrade(database_url)
+    first_key = with_storage(database_url, create_first_key)
+    if first_key is not None:
+        click.echo(
+            f"Created an API key for entity 'default' (shown once, store it now):\n{first_key}"
+        )
+    uvicorn.run(
+        "ckpt_registry.server.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
+        log_level="info",
+    )
+
+
+async def create_first_key(storage: Storage) -> str | None:
+    if await storage.count_keys() > 0:
+        return None
+    key = generate_key()
+    await storage.create_key("default", "default", hash_key(key))
+    return key
+
+
+# Database -------------------------------------------------------------------------------------
+
+
+@cli.group(cls=Group)
+def db() -> None:
+    """Create, upgrade and clean the database."""
+
+
+@db.command("upgrade", epilog="Example: ckpt db upgrade --database-url sqlite:///./ckpt.db")
+@database_url_option
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(database_url: str, revision: str) -> None:
+    """Apply the migrations up to REVISION (creates the schema on an empty database)."""
+    upgrade(database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("downgrade", epilog="Example: ckpt db downgrade base")
+@database_url_option
+@click.argument("revision")
+def db_downgrade(database_url: str, revision: str) -> None:
+    """Revert the migrations down to REVISION (`base` removes every table)."""
+    downgrade(database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("gc", epilog="Example: ckpt db gc --older-than 86400")
+@database_url_option
+@click.option(
+    "--older-than",
+    type=float,
+    default=24 * 3600,
+    show_default=True,
+    help="Purge tombstones of checkpoints deleted more than this many seconds ago.",
+)
+def db_gc(database_url: str, older_than: float) -> None:
+    """Purge old tombstones; cursors naming them then answer 'cursor expired'."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+    purged = with_storage(database_url, lambda storage: storage.purge_tombstones(cutoff))
+    click.echo(f"purged {purged} tombstones")
+
+
+# Keys -----------------------------------------------------------------------------------------
+
+
+@cli.group(cls=Group)
+def keys() -> None:
+    """Create, list and revoke API keys (stored only as sha256 hashes)."""
+
+
+@keys.command("create", epilog="Example: ckpt keys create --entity my-team --name laptop")
+@database_url_option
+@click.option("--entity", required=True, help="The entity (team or user) the key acts for.")
+@click.option("--name", default="", help="A label to recognise the key by.")
+def keys_create(database_url: str, entity: str, name: str) -> None:
+    """Create a key; it is printed once, alone on the last line."""
+    key = generate_key()
+    created = with_storage(
+        database_url, lambda storage: storage.create_key(entity, name, hash_key(key))
+    )
+    click.echo(
+        f"Created key {created.id} for entity {entity!r}; store it now, it is not shown again:",
+        err=True,
+    )
+    click.echo(key)
+
+
+@keys.command("list", epilog="Example: ckpt keys list")
+@database_url_option
+def keys_list(database_url: str) -> None:
+    """List keys (never the keys themselves)."""
+    for key in with_storage(database_url, lambda storage: storage.list_keys()):
+        state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
+        click.echo(
+            f"{key.id}  {key.entity}  {key.name or '-'}  {key.created_at.isoformat()}  {state}"
+        )
+
+
+@keys.command("revoke", epilog="Example: ckpt keys revoke 6f1c...")
+@database_url_option
+@click.argument("key_id")
+def keys_revoke(database_url: str, key_id: str) -> None:
+    """Revoke a key by its id (from `ckpt keys list`); requests with it get 401 at once."""
+    key = with_storage(database_url, lambda storage: storage.revoke_key(key_id))
+    click.echo(f"revoked {key.id} ({key.entity})")

@@ -1,0 +1,84 @@
+"""`/openapi.json` describes the list operation exactly as the W&B Training API does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+SEED = json.loads((Path(__file__).parents[1] / "fixtures" / "seed-openapi.json").read_text())
+LIST_PATH = "/v1/preview/models/{model_id}/checkpoints"
+
+
+def referenced_schemas(node: Any, schemas: dict[str, Any], found: set[str]) -> set[str]:
+    """Names of every component schema `node` refers to, transitively."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+            name = ref.rsplit("/", 1)[1]
+            if name not in found:
+                found.add(name)
+                referenced_schemas(schemas[name], schemas, found)
+        for value in node.values():
+            referenced_schemas(value, schemas, found)
+    elif isinstance(node, list):
+        for value in node:
+            referenced_schemas(value, schemas, found)
+    return found
+
+
+@pytest.fixture
+def document(server: Any) -> dict[str, Any]:
+    response = httpx.get(server.url.removesuffix("/v1") + "/openapi.json")
+    assert response.status_code == 200
+    return dict(response.json())
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_list_operation_matches_the_seed(document: dict[str, Any]) -> None:
+    ours = document["paths"][LIST_PATH]["get"]
+    seed = SEED["paths"][LIST_PATH]["get"]
+    for field in ("operationId", "tags", "summary", "parameters", "security"):
+        assert ours[field] == seed[field], field
+    for status in ("200", "422"):
+        assert ours["responses"][status] == seed["responses"][status]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_list_operation_schemas_match_the_seed(document: dict[str, Any]) -> None:
+    seed_schemas = SEED["components"]["schemas"]
+    names = referenced_schemas(SEED["paths"][LIST_PATH], seed_schemas, set())
+    assert names == {
+        "PaginatedResponse_CheckpointResponse_",
+        "CheckpointResponse",
+        "HTTPValidationError",
+        "ValidationError",
+    }
+    for name in names:
+        assert document["components"]["schemas"][name] == seed_schemas[name], name
+    assert document["components"]["securitySchemes"] == SEED["components"]["securitySchemes"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_every_documented_operation_is_served(document: dict[str, Any]) -> None:
+    operations = {
+        (method.upper(), path) for path, item in document["paths"].items() for method in item
+    }
+    assert {
+        ("POST", "/v1/preview/models"),
+        ("GET", "/v1/preview/models"),
+        ("GET", "/v1/preview/models/{model_id}"),
+        ("DELETE", "/v1/preview/models/{model_id}"),
+        ("GET", LIST_PATH),
+        ("POST", LIST_PATH),
+        ("DELETE", LIST_PATH),
+        ("GET", LIST_PATH + "/best"),
+        ("POST", LIST_PATH + "/retention"),
+        ("GET", LIST_PATH + "/{checkpoint_id}"),
+        ("PATCH", LIST_PATH + "/{checkpoint_id}"),
+        ("GET", "/v1/health"),
+        ("GET", "/v1/system-check"),
+    } <= operations
