@@ -47,5 +47,7 @@ def postgres_dsn(url: str) -> str:
 def sqlalchemy_url(url: str) -> str:
     """The URL as SQLAlchemy takes it for migrations (PostgreSQL through asyncpg)."""
     if backend_of(url) == "postgresql":
-        return make_url(url).set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+        return (
+            make_url(url).set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+        )
     return url

@@ -74,9 +74,7 @@ def upgrade() -> None:
         sa.Column("deleted_at", Timestamp, nullable=False),
         sqlite_with_rowid=False,
     )
-    op.create_index(
-        "ix_checkpoint_tombstones_deleted_at", "checkpoint_tombstones", ["deleted_at"]
-    )
+    op.create_index("ix_checkpoint_tombstones_deleted_at", "checkpoint_tombstones", ["deleted_at"])
     op.create_index("ix_checkpoint_tombstones_model", "checkpoint_tombstones", ["model_id"])
 
     op.create_table(
