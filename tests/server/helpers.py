@@ -1,0 +1,146 @@
+"""Small helpers the HTTP contract tests share: register, walk, snapshot, and assert error shapes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from ckpt_registry.keys import generate_key, hash_key
+from ckpt_registry.storage import open_storage
+
+Json = dict[str, Any]
+
+
+def create_model(api: httpx.Client, name: str, project: str = "proj") -> str:
+    response = api.post(
+        "/preview/models", json={"project": project, "name": name, "base_model": "base"}
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+def register(
+    api: httpx.Client, model_id: str, step: int, metrics: dict[str, float] | None = None
+) -> Json:
+    response = api.post(
+        f"/preview/models/{model_id}/checkpoints", json={"step": step, "metrics": metrics or {}}
+    )
+    assert response.status_code == 201, response.text
+    body: Json = response.json()
+    return body
+
+
+def list_page(api: httpx.Client, model_id: str, **query: Any) -> Json:
+    response = api.get(f"/preview/models/{model_id}/checkpoints", params=query)
+    assert response.status_code == 200, response.text
+    page: Json = response.json()
+    assert_envelope(page)
+    return page
+
+
+def assert_envelope(page: Json) -> None:
+    """The list envelope's own invariants, true of every page."""
+    assert page["object"] == "list"
+    data = page["data"]
+    assert page["first_id"] == (data[0]["id"] if data else "")
+    assert page["last_id"] == (data[-1]["id"] if data else "")
+    assert isinstance(page["has_more"], bool)
+    assert data or not page["has_more"], "an empty page must not claim more"
+
+
+def walk(api: httpx.Client, model_id: str, *, limit: int = 20, order: str = "asc") -> list[Json]:
+    """Every checkpoint, page by page, as the real client walks (after = data[-1].id)."""
+    items: list[Json] = []
+    query: dict[str, Any] = {"limit": limit, "order": order}
+    for _ in range(10_000):
+        page = list_page(api, model_id, **query)
+        items.extend(page["data"])
+        if not page["has_more"] or not page["data"]:
+            return items
+        query["after"] = page["data"][-1]["id"]
+    raise AssertionError("the walk never ended")
+
+
+def delete_steps(api: httpx.Client, model_id: str, steps: list[int]) -> Json:
+    response = api.request(
+        "DELETE", f"/preview/models/{model_id}/checkpoints", json={"steps": steps}
+    )
+    assert response.status_code == 200, response.text
+    body: Json = response.json()
+    return body
+
+
+def list_models(api: httpx.Client, **query: Any) -> list[Json]:
+    """Every model of the caller's entity, walking all pages."""
+    items: list[Json] = []
+    query = {"limit": 100, **query}
+    while True:
+        response = api.get("/preview/models", params=query)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert_envelope(page)
+        items.extend(page["data"])
+        if not page["has_more"]:
+            return items
+        query["after"] = page["last_id"]
+
+
+def snapshot(api: httpx.Client) -> dict[str, Any]:
+    """Everything the entity can see: its models and each one's checkpoints (ids, steps, metrics)."""
+    state: dict[str, Any] = {}
+    for model in list_models(api):
+        state[model["id"]] = {
+            "model": model,
+            "checkpoints": walk(api, model["id"], limit=100),
+        }
+    return state
+
+
+def assert_validation_error(response: httpx.Response, loc: list[str | int] | None = None) -> None:
+    """A 422 in FastAPI's HTTPValidationError shape; `loc` (when given) names the first error."""
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert isinstance(body["detail"], list) and body["detail"], body
+    for error in body["detail"]:
+        assert set(error) == {"loc", "msg", "type"}, error
+        assert isinstance(error["loc"], list)
+        assert isinstance(error["msg"], str) and isinstance(error["type"], str)
+    if loc is not None:
+        assert [error["loc"] for error in body["detail"]] == [loc], body
+
+
+def assert_detail(response: httpx.Response, status: int, detail: str | None = None) -> None:
+    """A non-validation error: `{"detail": "<message>"}` with that status."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"detail"}, body
+    assert isinstance(body["detail"], str) and body["detail"]
+    if detail is not None:
+        assert body["detail"] == detail
+
+
+def _run_storage(database_url: str, action: Any) -> Any:
+    async def run() -> Any:
+        storage = open_storage(database_url)
+        await storage.open()
+        try:
+            return await action(storage)
+        finally:
+            await storage.close()
+
+    return asyncio.run(run())
+
+
+def add_key_with_id(database_url: str, entity: str = "default") -> tuple[str, str]:
+    """A new key for `entity`, as `ckpt keys create` makes it: `(key_id, key)`."""
+    key = generate_key()
+    created = _run_storage(
+        database_url, lambda storage: storage.create_key(entity, "test", hash_key(key))
+    )
+    return str(created.id), key
+
+
+def revoke_key(database_url: str, key_id: str) -> None:
+    _run_storage(database_url, lambda storage: storage.revoke_key(key_id))
