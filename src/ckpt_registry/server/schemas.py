@@ -17,8 +17,23 @@ MAX_METRICS = 1000
 MAX_DELETE_STEPS = 10_000
 
 Step = Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]
-MetricName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+def _storable(text: str) -> str:
+    # JSON allows "\u0000" and lone surrogates ("\ud800"); neither can be stored as text by every
+    # database (PostgreSQL refuses NUL, UTF-8 has no surrogates), so they are refused here, up front.
+    if "\x00" in text:
+        raise ValueError("text must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return text
+
+
+Storable = AfterValidator(_storable)
+MetricName = Annotated[str, StringConstraints(min_length=1, max_length=256), Storable]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=256), Storable]
 
 
 def _finite(value: float) -> float:
@@ -61,7 +76,7 @@ class ModelCreate(BaseModel):
     entity: Name | None = None
     project: Name
     name: Name
-    base_model: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    base_model: Annotated[str, StringConstraints(min_length=1, max_length=512), Storable]
     return_existing: StrictBool = False
 
 
