@@ -52,9 +52,11 @@ def test_the_default_base_url_is_local(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_401_for_an_unknown_key(server_url: str) -> None:
-    with Client(api_key="ckpt_not-a-key", base_url=server_url) as client:
-        with pytest.raises(AuthenticationError) as caught:
-            client.models.list()
+    with (
+        Client(api_key="ckpt_not-a-key", base_url=server_url) as client,
+        pytest.raises(AuthenticationError) as caught,
+    ):
+        client.models.list()
 
     error = caught.value
     assert error.status_code == 401
@@ -134,9 +136,11 @@ def test_connection_errors_are_not_timeouts() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     # Nothing listens on the port any more.
-    with Client(api_key="k", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0) as client:
-        with pytest.raises(APIConnectionError) as caught:
-            client.models.list()
+    with (
+        Client(api_key="k", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0) as client,
+        pytest.raises(APIConnectionError) as caught,
+    ):
+        client.models.list()
 
     assert not isinstance(caught.value, APITimeoutError)
     assert "Connection error" in str(caught.value)
