@@ -1,4 +1,5 @@
-"""PostgreSQL for the tests: the admin URL from the environment, a fresh migrated database per test.
+"""PostgreSQL for the tests: the admin URL from the environment, a fresh migrated database per test,
+`ckpt serve` subprocesses, and a throwaway cluster to stop and start.
 
 The schema is migrated once per process into a template database; each test then gets
 `CREATE DATABASE ... TEMPLATE` (22 ms against 66 ms for migrating, docs/postgresql.md) and the
@@ -10,14 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
+import httpx
 from sqlalchemy.engine import make_url
 
 from ckpt_registry.storage.migrate import upgrade
@@ -170,3 +181,156 @@ def fresh_database(admin_url: str, *, migrated: bool = True) -> Iterator[str]:
         yield url
     finally:
         drop_database(admin_url, url)
+
+
+# Real server processes -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerProcess:
+    """A `ckpt serve` subprocess on a loopback port."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def start_servers(
+    database_url: str, count: int, log_dir: Path, env: dict[str, str] | None = None
+) -> list[ServerProcess]:
+    """Start `count` `ckpt serve` processes on one database; return once all answer /v1/health."""
+    servers = []
+    for index in range(count):
+        port = free_port()
+        log = log_dir / f"server-{index}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ckpt_registry.cli",
+                    "serve",
+                    "--database-url",
+                    database_url,
+                    "--port",
+                    str(port),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+            )
+        servers.append(ServerProcess(process, port, log))
+    deadline = time.monotonic() + 60
+    try:
+        for server in servers:
+            while True:
+                if server.process.poll() is not None:
+                    raise RuntimeError(f"ckpt serve exited early:\n{server.log_tail()}")
+                try:
+                    if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"ckpt serve did not start:\n{server.log_tail()}")
+                time.sleep(0.05)
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers
+
+
+# A PostgreSQL of our own, to stop and start -----------------------------------------------------
+
+
+def postgres_bindir() -> Path | None:
+    """Where initdb and pg_ctl live (Debian keeps them off PATH), or None."""
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return candidates[-1].parent if candidates else None
+
+
+class ThrowawayCluster:
+    """A PostgreSQL cluster in a temporary directory on its own port, free to stop and start.
+
+    initdb refuses to run as root, so under root the cluster belongs to the `postgres` user.
+    """
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="ckpt-pg-"))
+        self.data = self.directory / "data"
+        self._as_owner: list[str] = []
+        if os.geteuid() == 0:
+            self._as_owner = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.directory, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run(
+            [*self._as_owner, str(self.bindir / program), *args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.directory} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.directory / "log"),
+            "-o",
+            options,
+            "-w",
+            "start",
+        )
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
