@@ -16,6 +16,9 @@ from ..storage import Storage, open_storage
 from ..storage.errors import StorageError
 from ..storage.migrate import downgrade, upgrade
 from ..storage.urls import UnsupportedDatabaseUrl
+from .checkpoints import checkpoints
+from .importer import import_group
+from .models import models
 
 T = TypeVar("T")
 
@@ -196,3 +199,8 @@ def keys_revoke(database_url: str, key_id: str) -> None:
     """Revoke a key by its id (from `ckpt keys list`); requests with it get 401 at once."""
     key = with_storage(database_url, lambda storage: storage.revoke_key(key_id))
     click.echo(f"revoked {key.id} ({key.entity})")
+
+
+cli.add_command(models)
+cli.add_command(checkpoints)
+cli.add_command(import_group)

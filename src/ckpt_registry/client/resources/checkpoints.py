@@ -32,13 +32,15 @@ def _checkpoints_path(model_id: str) -> str:
     return f"preview/models/{path_segment(model_id)}/checkpoints"
 
 
-def _list(model_id: str, *, order: Order, limit: int) -> APIRequest[PageBody[Checkpoint]]:
+def _list(
+    model_id: str, *, order: Order, limit: int, after: str | None
+) -> APIRequest[PageBody[Checkpoint]]:
     return APIRequest(
         "GET",
         _checkpoints_path(model_id),
         lambda r: PageBody.from_json(r.json(), Checkpoint.from_json),
         idempotent=True,
-        params={"order": order, "limit": limit},
+        params={"order": order, "limit": limit, "after": after},
     )
 
 
@@ -146,10 +148,11 @@ class Checkpoints:
         self._client = client
 
     def list(
-        self, model_id: str, *, order: Order = "asc", limit: int = 20
+        self, model_id: str, *, order: Order = "asc", limit: int = 20, after: str | None = None
     ) -> CursorPage[Checkpoint]:
-        """A page of checkpoints by step; iterating it walks every page after it too."""
-        return self._client._get_page(_list(model_id, order=order, limit=limit))
+        """A page of checkpoints by step (the one after checkpoint ``after``, if given);
+        iterating it walks every page after it too."""
+        return self._client._get_page(_list(model_id, order=order, limit=limit, after=after))
 
     def register(
         self, model_id: str, *, step: int, metrics: Mapping[str, float] | None = None
@@ -200,9 +203,9 @@ class AsyncCheckpoints:
         self._client = client
 
     def list(
-        self, model_id: str, *, order: Order = "asc", limit: int = 20
+        self, model_id: str, *, order: Order = "asc", limit: int = 20, after: str | None = None
     ) -> AsyncPaginator[Checkpoint]:
-        request = _list(model_id, order=order, limit=limit)
+        request = _list(model_id, order=order, limit=limit, after=after)
         return AsyncPaginator(lambda: self._client._get_page(request))
 
     async def register(

@@ -35,13 +35,15 @@ def _create(
     )
 
 
-def _list(*, project: str | None, order: Order, limit: int) -> APIRequest[PageBody[Model]]:
+def _list(
+    *, project: str | None, order: Order, limit: int, after: str | None
+) -> APIRequest[PageBody[Model]]:
     return APIRequest(
         "GET",
         "preview/models",
         lambda r: PageBody.from_json(r.json(), Model.from_json),
         idempotent=True,
-        params={"project": project, "order": order, "limit": limit},
+        params={"project": project, "order": order, "limit": limit, "after": after},
     )
 
 
@@ -89,10 +91,15 @@ class Models:
         )
 
     def list(
-        self, *, project: str | None = None, order: Order = "asc", limit: int = 20
+        self,
+        *,
+        project: str | None = None,
+        order: Order = "asc",
+        limit: int = 20,
+        after: str | None = None,
     ) -> CursorPage[Model]:
         """The key's entity's models by creation time; iterate the page to walk all of them."""
-        return self._client._get_page(_list(project=project, order=order, limit=limit))
+        return self._client._get_page(_list(project=project, order=order, limit=limit, after=after))
 
     def get(self, model_id: str) -> Model:
         return self._client._send(_get(model_id))
@@ -126,9 +133,14 @@ class AsyncModels:
         )
 
     def list(
-        self, *, project: str | None = None, order: Order = "asc", limit: int = 20
+        self,
+        *,
+        project: str | None = None,
+        order: Order = "asc",
+        limit: int = 20,
+        after: str | None = None,
     ) -> AsyncPaginator[Model]:
-        request = _list(project=project, order=order, limit=limit)
+        request = _list(project=project, order=order, limit=limit, after=after)
         return AsyncPaginator(lambda: self._client._get_page(request))
 
     async def get(self, model_id: str) -> Model:
