@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -11,6 +12,46 @@ from ckpt_registry.keys import generate_key, hash_key
 from ckpt_registry.storage import open_storage
 
 Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str  # `{model}` and `{checkpoint}` are filled in with real ids
+    body: Any = None
+
+    def request(
+        self, client: httpx.Client, model_id: str, checkpoint_id: str, **kwargs: Any
+    ) -> httpx.Response:
+        path = self.path.format(model=model_id, checkpoint=checkpoint_id)
+        json = {"json": self.body} if self.body is not None else {}
+        return client.request(self.method, path, **json, **kwargs)
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+CHECKPOINTS = "/preview/models/{model}/checkpoints"
+# Every endpoint that needs a key, with a body that would succeed.
+AUTHENTICATED = [
+    Endpoint("POST", "/preview/models", {"project": "p", "name": "new", "base_model": "b"}),
+    Endpoint("GET", "/preview/models"),
+    Endpoint("GET", "/preview/models?project=proj&limit=1&order=desc"),
+    Endpoint("GET", "/preview/models/{model}"),
+    Endpoint("DELETE", "/preview/models/{model}"),
+    Endpoint("GET", CHECKPOINTS),
+    Endpoint("GET", CHECKPOINTS + "?limit=1&order=desc"),
+    Endpoint("GET", CHECKPOINTS + "?after={checkpoint}&limit=5"),
+    Endpoint("POST", CHECKPOINTS, {"step": 2, "metrics": {"loss": 0.5}}),
+    Endpoint("DELETE", CHECKPOINTS, {"steps": [1]}),
+    Endpoint("GET", CHECKPOINTS + "/{checkpoint}"),
+    Endpoint("PATCH", CHECKPOINTS + "/{checkpoint}", {"metrics": {"eval": 1.0}}),
+    Endpoint("GET", CHECKPOINTS + "/best?metric=loss&mode=min"),
+    Endpoint("POST", CHECKPOINTS + "/retention", {"keep_latest": 0}),
+]
+
+
+MODEL_SCOPED = [endpoint for endpoint in AUTHENTICATED if "{model}" in endpoint.path]
 
 
 def create_model(api: httpx.Client, name: str, project: str = "proj") -> str:

@@ -2,51 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import httpx
 import pytest
 
 from tests.conftest import RunningServer
 
-from .helpers import add_key_with_id, register, revoke_key, snapshot
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    method: str
-    path: str  # `{model}` and `{checkpoint}` are filled in with real ids
-    body: Any = None
-
-    def request(
-        self, client: httpx.Client, model_id: str, checkpoint_id: str, **kwargs: Any
-    ) -> httpx.Response:
-        path = self.path.format(model=model_id, checkpoint=checkpoint_id)
-        json = {"json": self.body} if self.body is not None else {}
-        return client.request(self.method, path, **json, **kwargs)
-
-    def __str__(self) -> str:
-        return f"{self.method} {self.path}"
-
-
-CHECKPOINTS = "/preview/models/{model}/checkpoints"
-AUTHENTICATED = [
-    Endpoint("POST", "/preview/models", {"project": "p", "name": "new", "base_model": "b"}),
-    Endpoint("GET", "/preview/models"),
-    Endpoint("GET", "/preview/models?project=proj&limit=1&order=desc"),
-    Endpoint("GET", "/preview/models/{model}"),
-    Endpoint("DELETE", "/preview/models/{model}"),
-    Endpoint("GET", CHECKPOINTS),
-    Endpoint("GET", CHECKPOINTS + "?limit=1&order=desc"),
-    Endpoint("GET", CHECKPOINTS + "?after={checkpoint}&limit=5"),
-    Endpoint("POST", CHECKPOINTS, {"step": 2, "metrics": {"loss": 0.5}}),
-    Endpoint("DELETE", CHECKPOINTS, {"steps": [1]}),
-    Endpoint("GET", CHECKPOINTS + "/{checkpoint}"),
-    Endpoint("PATCH", CHECKPOINTS + "/{checkpoint}", {"metrics": {"eval": 1.0}}),
-    Endpoint("GET", CHECKPOINTS + "/best?metric=loss&mode=min"),
-    Endpoint("POST", CHECKPOINTS + "/retention", {"keep_latest": 0}),
-]
+from .helpers import AUTHENTICATED, Endpoint, add_key_with_id, register, revoke_key, snapshot
 
 
 def bad_credentials(server: RunningServer, api: httpx.Client) -> dict[str, dict[str, str]]:
