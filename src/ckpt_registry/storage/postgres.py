@@ -188,6 +188,13 @@ _BEST_ONE = {
 }
 
 
+class _ConnectionLost(Exception):
+    """The pooled connection turned out to be dead."""
+
+
+_RETRYABLE: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, _ConnectionLost)
+
+
 def _storable(*texts: str) -> bool:
     """Whether PostgreSQL can hold the texts: `text` refuses NUL and lone surrogates."""
     for text in texts:
@@ -313,18 +320,20 @@ class PostgresStorage:
             raise DatabaseUnavailable("database unavailable: the storage is not open")
         attempts = 2 if idempotent else 1
         for attempt in range(attempts):
-            connection: Connection = None
             try:
                 async with pool.acquire(timeout=self.connect_timeout) as connection:
-                    return await work(connection)
+                    try:
+                        return await work(connection)
+                    except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
+                        if isinstance(exc, asyncpg.InterfaceError) and not connection.is_closed():
+                            raise  # a misuse of asyncpg: ours to fix, not an outage
+                        # A backend killed while idle leaves its FATAL message unread on the
+                        # socket; the next query trips asyncpg's protocol state instead.
+                        connection.terminate()
+                        raise _ConnectionLost(_reason(exc)) from exc
             except _TIMEOUT_ERRORS as exc:
                 raise _unavailable(exc) from exc
-            except (*_CONNECTION_ERRORS, asyncpg.InterfaceError) as exc:
-                # An InterfaceError is ours to fix unless the connection died under it.
-                if isinstance(exc, asyncpg.InterfaceError) and not (
-                    connection is None or connection.is_closed()
-                ):
-                    raise
+            except _RETRYABLE as exc:
                 await pool.expire_connections()
                 if attempt + 1 == attempts:
                     raise _unavailable(exc) from exc
