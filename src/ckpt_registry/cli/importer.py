@@ -114,6 +114,8 @@ def import_hf_trainer(client: Client, output_dir: Path, model_id: str, fmt: Form
         MofNCompleteColumn(),
         console=err,
         transient=True,
+        # A bar in a log file is noise: show it only to a person at a terminal.
+        disable=not err.is_terminal,
     ) as progress:
         task = progress.add_task("Importing", total=len(found))
         for checkpoint in found:

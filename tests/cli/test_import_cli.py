@@ -1,0 +1,171 @@
+"""`ckpt import hf-trainer` on Trainer-shaped output directories that the tests write."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from ckpt_registry.cli.main import cli
+from ckpt_registry.client import Client
+
+Ckpt = Callable[..., Result]
+
+
+@pytest.fixture
+def ckpt(server_url: str, api_key: str, monkeypatch: pytest.MonkeyPatch) -> Ckpt:
+    monkeypatch.setenv("CKPT_API_KEY", api_key)
+    monkeypatch.setenv("CKPT_BASE_URL", server_url)
+
+    def run(*args: str) -> Result:
+        return CliRunner().invoke(cli, ["import", "hf-trainer", *args])
+
+    return run
+
+
+@pytest.fixture
+def sdk(server_url: str, api_key: str) -> Iterator[Client]:
+    with Client(api_key=api_key, base_url=server_url) as client:
+        yield client
+
+
+@pytest.fixture
+def model_id(sdk: Client) -> str:
+    return sdk.models.create(project="hf", name="run-3", base_model="gpt2").id
+
+
+def log_history(up_to: int) -> list[dict[str, Any]]:
+    """What the Trainer logs: a training entry every 10 steps, an evaluation entry every 20."""
+    history: list[dict[str, Any]] = []
+    for step in range(10, up_to + 1, 10):
+        history.append(
+            {"epoch": step / 40, "grad_norm": 1.5, "learning_rate": 5e-5, "loss": 2.0 - step / 100,
+             "step": step}
+        )  # fmt: skip
+        if step % 20 == 0:
+            history.append(
+                {"epoch": step / 40, "eval_loss": 1.0 - step / 200, "eval_runtime": 3.2,
+                 "eval_samples_per_second": float("nan"), "eval_note": "ok", "step": step}
+            )  # fmt: skip
+    return history
+
+
+def write_checkpoint(output_dir: Path, step: int, state: str | None = None) -> Path:
+    folder = output_dir / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    if state is None:
+        state = json.dumps({"global_step": step, "log_history": log_history(step)})
+    (folder / "trainer_state.json").write_text(state)
+    return folder
+
+
+@pytest.fixture
+def output_dir(tmp_path: Path) -> Path:
+    """Three good checkpoints, one with a corrupt state file, one without one, and clutter."""
+    out = tmp_path / "outputs"
+    for step in (20, 40, 10):
+        write_checkpoint(out, step)
+    write_checkpoint(out, 30, state='{"log_history": [{"loss": 1.0, "st')
+    (write_checkpoint(out, 50) / "trainer_state.json").unlink()
+    (out / "runs").mkdir()
+    (out / "checkpoint-final").mkdir()
+    (out / "checkpoint-60.tmp").write_text("not a folder")
+    return out
+
+
+def test_import_registers_each_step_with_the_metrics_logged_at_it(
+    ckpt: Ckpt, sdk: Client, model_id: str, output_dir: Path
+) -> None:
+    result = ckpt(str(output_dir), "--model", model_id)
+
+    assert result.exit_code == 1  # two folders were skipped
+    assert "3 registered, 0 already present, 2 skipped" in result.stdout
+    assert "checkpoint-30" in result.stderr and "unreadable" in result.stderr
+    assert "checkpoint-50" in result.stderr and "missing" in result.stderr
+    imported = {c.step: c.metrics for c in sdk.checkpoints.list(model_id)}
+    assert sorted(imported) == [10, 20, 40]
+    # Training and evaluation entries of the step merged; `step`, NaN and strings dropped.
+    assert imported[20] == {
+        "epoch": 0.5,
+        "grad_norm": 1.5,
+        "learning_rate": 5e-5,
+        "loss": 1.8,
+        "eval_loss": 0.9,
+        "eval_runtime": 3.2,
+    }
+    assert imported[10] == {"epoch": 0.25, "grad_norm": 1.5, "learning_rate": 5e-5, "loss": 1.9}
+
+
+def test_a_rerun_registers_nothing_twice(
+    ckpt: Ckpt, sdk: Client, model_id: str, output_dir: Path
+) -> None:
+    ckpt(str(output_dir), "--model", model_id)
+    before = [(c.id, c.step) for c in sdk.checkpoints.list(model_id)]
+
+    again = ckpt(str(output_dir), "--model", model_id, "--json")
+
+    assert again.exit_code == 1
+    report = json.loads(again.stdout)
+    assert report["registered"] == []
+    assert report["already_present"] == [10, 20, 40]
+    assert [s["folder"] for s in report["skipped"]] == ["checkpoint-30", "checkpoint-50"]
+    assert [(c.id, c.step) for c in sdk.checkpoints.list(model_id)] == before
+
+
+def test_once_the_folders_are_fixed_the_import_completes_and_exits_0(
+    ckpt: Ckpt, sdk: Client, model_id: str, output_dir: Path
+) -> None:
+    ckpt(str(output_dir), "--model", model_id)
+    (output_dir / "checkpoint-30" / "trainer_state.json").write_text(
+        json.dumps({"log_history": log_history(30)})
+    )
+    (output_dir / "checkpoint-50" / "trainer_state.json").write_text(
+        json.dumps({"log_history": []})
+    )
+
+    result = ckpt(str(output_dir), "--model", model_id)
+
+    assert result.exit_code == 0, result.output
+    assert "2 registered, 3 already present, 0 skipped" in result.stdout
+    assert result.stderr == ""
+    steps = {c.step: c.metrics for c in sdk.checkpoints.list(model_id)}
+    assert sorted(steps) == [10, 20, 30, 40, 50]
+    assert steps[50] == {}  # nothing was logged at step 50: registered without metrics
+
+
+def test_a_step_registered_with_other_metrics_is_reported_and_skipped(
+    ckpt: Ckpt, sdk: Client, model_id: str, tmp_path: Path
+) -> None:
+    for step in (10, 20):
+        write_checkpoint(tmp_path, step)
+    sdk.checkpoints.register(model_id, step=20, metrics={"loss": 123.0})
+
+    result = ckpt(str(tmp_path), "--model", model_id)
+
+    assert result.exit_code == 1
+    assert "1 registered, 0 already present, 1 skipped" in result.stdout
+    assert "checkpoint-20" in result.stderr and "409" in result.stderr
+    assert sdk.checkpoints.latest(model_id) is not None
+    assert {c.step: c.metrics for c in sdk.checkpoints.list(model_id)}[20] == {"loss": 123.0}
+
+
+def test_an_unknown_model_stops_the_import_in_one_line(ckpt: Ckpt, output_dir: Path) -> None:
+    result = ckpt(str(output_dir), "--model", "00000000-0000-4000-8000-000000000000")
+
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == "Error: 404 Model not found"
+    assert "Traceback" not in result.output
+
+
+def test_a_directory_without_checkpoints_is_an_error(
+    ckpt: Ckpt, model_id: str, tmp_path: Path
+) -> None:
+    result = ckpt(str(tmp_path), "--model", model_id)
+
+    assert result.exit_code == 1
+    assert "No checkpoint-N folders" in result.stderr
