@@ -337,3 +337,41 @@ def test_best_of_unknown_model_is_404(api: httpx.Client) -> None:
     response = best(api, "00000000-0000-4000-8000-000000000000", "acc")
     assert response.status_code == 404
     assert response.json() == {"detail": "Model not found"}
+
+
+def test_patch_racing_delete_leaves_no_stray_metric(
+    server: RunningServer, api: httpx.Client, api_key: str, model_id: str
+) -> None:
+    """Whichever wins, a deleted checkpoint's metrics go with it: `best` never answers from (or is
+    blinded by) a metric of a deleted checkpoint, and the step can be registered again."""
+    names = [f"late_{i}" for i in range(8)]
+    register(api, model_id, 0, **{name: -100.0 for name in names})
+
+    async def race(checkpoint_id: str, step: int) -> list[int]:
+        async with httpx.AsyncClient(
+            base_url=server.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60
+        ) as client:
+            base = f"/preview/models/{model_id}/checkpoints"
+            patches = [
+                client.patch(f"{base}/{checkpoint_id}", json={"metrics": {name: float(step)}})
+                for name in names
+            ]
+            delete = client.request("DELETE", base, json={"steps": [step]})
+            responses = await asyncio.gather(*patches[:4], delete, *patches[4:])
+        return [response.status_code for response in responses]
+
+    for step in range(1, 31):
+        created = register(api, model_id, step, loss=1.0)
+        statuses = asyncio.run(race(created["id"], step))
+        assert set(statuses) <= {200, 404}, statuses
+        for name in names:
+            response = best(api, model_id, name)
+            assert response.status_code == 200, (step, name, response.text)
+            assert response.json()["step"] == 0, (step, name)
+        # A new checkpoint at the step must not inherit the old one's metrics in the index.
+        again = api.post(
+            f"/preview/models/{model_id}/checkpoints", json={"step": step, "metrics": {"loss": 2.0}}
+        )
+        assert again.status_code == 201, (step, again.text)
+        assert [best(api, model_id, name).json()["step"] for name in names] == [0] * len(names)
+        api.request("DELETE", f"/preview/models/{model_id}/checkpoints", json={"steps": [step]})
