@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from pathlib import Path
 
 import httpx
 from click.testing import CliRunner
@@ -139,7 +139,7 @@ def test_retention_tombstones_are_purged_too(
     assert_expired(page_after(api, model_id, ids[2]))
 
 
-def test_gc_reports_a_bad_database_url_without_a_traceback(tmp_path: Any) -> None:
+def test_gc_reports_a_bad_database_url_without_a_traceback(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli, ["db", "gc", "--database-url", f"sqlite:///{tmp_path}/missing.db"]
     )
