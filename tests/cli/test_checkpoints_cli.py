@@ -239,3 +239,15 @@ def test_an_unknown_model_is_one_line(ckpt: Ckpt) -> None:
 
     assert result.exit_code == 1
     assert result.stderr == "Error: 404 Model not found\n"
+
+
+def test_tables_print_names_literally(ckpt: Ckpt, model_id: str, sdk: Client) -> None:
+    sdk.checkpoints.register(model_id, step=1, metrics={"[bold]loss[/]": 1.0, ":thumbs_up:": 2.0})
+
+    listed = ckpt("list", model_id)
+    shown = ckpt("latest", model_id)
+
+    for result in (listed, shown):
+        assert result.exit_code == 0, result.output
+        assert "[bold]loss[/]" in result.stdout
+        assert ":thumbs_up:" in result.stdout

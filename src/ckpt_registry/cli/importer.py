@@ -156,4 +156,4 @@ def _import_one(
         )
         return
     report.skipped.append({"step": checkpoint.step, "folder": name, "reason": reason})
-    err.print(f"Skipped {name}: {reason}", markup=False, highlight=False)
+    err.print(f"Skipped {name}: {reason}")

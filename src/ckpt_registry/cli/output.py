@@ -111,10 +111,13 @@ def format_options(*, ndjson: bool = False) -> Callable[[Callable[..., Any]], Ca
 def console(*, stderr: bool = False) -> Console:
     """A console on the current stdout (or stderr); wide when piped, so tables never truncate."""
     stream = sys.stderr if stderr else sys.stdout
+    # Names and ids come from users: no markup or emoji codes may be interpreted in them.
     return Console(
         file=stream,
         width=None if stream.isatty() else 1000,
         highlight=False,
+        markup=False,
+        emoji=False,
     )
 
 
