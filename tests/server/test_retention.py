@@ -307,10 +307,12 @@ def test_retention_racing_with_registrations_and_deletes(
                 result: dict[str, Any] = response.json()
                 return result
 
-            results = await asyncio.gather(
-                *(retain() for _ in range(3)), delete(), *(register_new(step) for step in new)
+            retentions, deleted, statuses = await asyncio.gather(
+                asyncio.gather(*(retain() for _ in range(3))),
+                delete(),
+                asyncio.gather(*(register_new(step) for step in new)),
             )
-        return list(results[:3]), list(results[4:]), results[3]
+        return retentions, statuses, deleted
 
     retentions, statuses, deleted = asyncio.run(race())
 
