@@ -52,6 +52,8 @@ async def _storage_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, storage_errors.StorageError)
     if isinstance(exc, storage_errors.InvalidCursor):
         return validation_error(["query", "after"], exc.message)
+    if isinstance(exc, storage_errors.TooManyMetrics):
+        return validation_error(["body", "metrics"], exc.message)
     return JSONBytes({"detail": exc.message}, STATUS_BY_ERROR.get(type(exc), 400))
 
 

@@ -12,8 +12,9 @@ from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field, StrictBool, StrictInt, StringConstraints
 
+from ..storage.errors import MAX_METRICS
+
 MAX_STEP = 2**63 - 1
-MAX_METRICS = 1000
 MAX_DELETE_STEPS = 10_000
 
 Step = Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]

@@ -1,5 +1,7 @@
 """Domain errors raised by storage; the server maps each one to a status in one place.
 
+MAX_METRICS is the most metrics one checkpoint may hold (the API contract, section 5).
+
 StorageError
  ├── DatabaseUnavailable      the database cannot be reached (503)
  ├── KeyNotFound              no key with that id (CLI)
@@ -8,11 +10,14 @@ StorageError
  ├── CheckpointNotFound       no live checkpoint with that id in the model (404)
  ├── StepConflict             the step is registered with different metrics (409)
  ├── MetricNotFound           no live checkpoint of the model has the metric (404)
+ ├── TooManyMetrics           a merge would leave a checkpoint with over 1,000 metrics (422)
  └── InvalidCursor            `after` names no checkpoint or model of this list (422)
       └── CursorExpired       `after` names a tombstone that was purged (422)
 """
 
 from __future__ import annotations
+
+MAX_METRICS = 1000
 
 
 class StorageError(Exception):
@@ -50,6 +55,10 @@ class StepConflict(StorageError):
 
 
 class MetricNotFound(StorageError):
+    pass
+
+
+class TooManyMetrics(StorageError):
     pass
 
 

@@ -33,6 +33,7 @@ from .base import (
     canonical_uuid,
 )
 from .errors import (
+    MAX_METRICS,
     CheckpointNotFound,
     CursorExpired,
     DatabaseUnavailable,
@@ -42,6 +43,7 @@ from .errors import (
     ModelNameTaken,
     ModelNotFound,
     StepConflict,
+    TooManyMetrics,
 )
 
 _PAGE_ASC = (
@@ -383,6 +385,11 @@ class SQLiteStorage:
             self._live_model(entity, model_id)
             current = self._checkpoint_by_id(model_id, checkpoint_id)
             merged = orjson.loads(current.metrics_json) | metrics
+            if len(merged) > MAX_METRICS:
+                raise TooManyMetrics(
+                    f"the merge would leave the checkpoint with {len(merged)} metrics; "
+                    f"at most {MAX_METRICS} are allowed"
+                )
             now = _now()
             db.execute(
                 "UPDATE checkpoints SET metrics = ?, updated_at = ? WHERE model_id = ? AND step = ?",
