@@ -32,6 +32,7 @@ from .base import (
     canonical_uuid,
 )
 from .errors import (
+    MAX_METRICS,
     CheckpointNotFound,
     CursorExpired,
     DatabaseUnavailable,
@@ -41,6 +42,7 @@ from .errors import (
     ModelNameTaken,
     ModelNotFound,
     StepConflict,
+    TooManyMetrics,
 )
 from .sqlite import encode_metrics
 from .urls import postgres_dsn
@@ -720,6 +722,11 @@ class PostgresStorage:
                 if current is None:
                     raise CheckpointNotFound()
                 merged = orjson.loads(current["metrics"]) | metrics
+                if len(merged) > MAX_METRICS:
+                    raise TooManyMetrics(
+                        f"the merge would leave the checkpoint with {len(merged)} metrics; "
+                        f"at most {MAX_METRICS} are allowed"
+                    )
                 row = await connection.fetchrow(
                     "UPDATE checkpoints SET metrics = $1, updated_at = now() "
                     "WHERE id = $2::uuid AND model_id = $3::uuid "
