@@ -755,6 +755,14 @@ class PostgresStorage:
                     raise ModelNotFound()
                 if not candidates:
                     return set()
+                # Lock first, delete in a later statement: its fresh snapshot then sees the metric
+                # rows of any PATCH that committed while we waited, and deletes them too.
+                await connection.execute(
+                    "SELECT 1 FROM checkpoints WHERE model_id = $1::uuid AND step = ANY($2::bigint[]) "
+                    "FOR UPDATE",
+                    model_id,
+                    candidates,
+                )
                 rows = await connection.fetch(_DELETE_STEPS, model_id, candidates)
             return {int(row["step"]) for row in rows}
 
