@@ -77,6 +77,9 @@ BAD_REGISTER_BODIES: dict[str, tuple[str, list[str | int] | None]] = {
     "metric list": ('{"step": 1, "metrics": {"m": [1]}}', ["body", "metrics", "m"]),
     "metric name empty": ('{"step": 1, "metrics": {"": 1}}', None),
     "metric name 257 characters": ('{"step": 1, "metrics": {"' + "n" * 257 + '": 1}}', None),
+    # Text every database can store: PostgreSQL refuses NUL and UTF-8 has no lone surrogates.
+    "metric name with NUL": ('{"step": 1, "metrics": {"a\\u0000b": 1}}', None),
+    "metric name a lone surrogate": ('{"step": 1, "metrics": {"\\ud800": 1}}', None),
     "1001 metrics": (
         json.dumps({"step": 1, "metrics": {f"m{i}": i for i in range(1001)}}),
         ["body", "metrics"],
@@ -97,6 +100,24 @@ def test_a_registration_that_is_not_utf8_is_refused(api: httpx.Client, seeded: s
     response = post_raw(api, checkpoints(seeded), b'{"step": 1, "metrics": {"\xff\xfe": 1}}')
     assert 400 <= response.status_code < 500, response.text
     assert "detail" in response.json()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"project": "p", "name": "a\\u0000b", "base_model": "b"}',
+        '{"project": "p\\u0000", "name": "n", "base_model": "b"}',
+        '{"project": "p", "name": "\\udfff", "base_model": "b"}',
+        '{"project": "p", "name": "n", "base_model": "\\ud800x"}',
+        '{"entity": "\\ud800", "project": "p", "name": "n", "base_model": "b"}',
+        '{"project": "p", "name": "", "base_model": "b"}',
+        '{"project": "p", "name": "n", "base_model": "b", "return_existing": 1}',
+        '{"project": "p", "name": "n", "base_model": "b", "return_existing": "true"}',
+    ],
+)
+@pytest.mark.usefixtures("seeded")
+def test_a_bad_model_is_422(api: httpx.Client, body: str) -> None:
+    assert_validation_error(post_raw(api, "/preview/models", body.encode()))
 
 
 def test_the_limits_themselves_are_accepted(api: httpx.Client, model_id: str) -> None:

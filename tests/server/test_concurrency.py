@@ -184,3 +184,26 @@ def test_listing_while_registering_sees_consistent_pages(
     for steps in walks:
         assert steps == sorted(set(steps)), "a walk repeated or reordered checkpoints"
     assert len(walk(api, model_id)) == 15 * CLIENTS // 2
+
+
+def test_deleting_a_model_while_others_register_counts_every_registered_checkpoint(
+    server: RunningServer, api: httpx.Client, api_key: str, model_id: str
+) -> None:
+    def work(client: httpx.Client, index: int) -> list[httpx.Response]:
+        if index == 0:
+            return [client.delete(f"/preview/models/{model_id}")]
+        return [
+            client.post(checkpoints(model_id), json={"step": n * CLIENTS + index})
+            for n in range(10)
+        ]
+
+    results = race(server, api_key, work)
+
+    deleted = results[0][0]
+    assert deleted.status_code == 200, deleted.text
+    registrations = [response for batch in results[1:] for response in batch]
+    assert {response.status_code for response in registrations} <= {201, 404}
+    # Every registration that succeeded was live when the model went: none survives, none is missed.
+    registered = sum(response.status_code == 201 for response in registrations)
+    assert deleted.json()["deleted_checkpoints"] == registered
+    assert api.get(checkpoints(model_id)).status_code == 404
