@@ -266,3 +266,24 @@ def test_a_reregistered_step_is_a_new_checkpoint(api: httpx.Client, model_id: st
     after_old = list_page(api, model_id, after=ids[2])
     assert [item["step"] for item in after_old["data"]][-1] == 3
     assert ids[2] not in [item["id"] for item in after_old["data"]]
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_every_request_for_a_page_gets_the_same_bytes(
+    server: RunningServer, api: httpx.Client, model_id: str, order: str
+) -> None:
+    ids = register_steps(api, model_id, [1, 2, 3, 4, 5])
+    base = f"{server.url}{url(model_id)}"
+    # The same page asked for in several spellings (a repeated parameter, a `+` sign, leading zeros),
+    # which the server may answer by different code paths.
+    spellings = [
+        f"after={ids[2]}&limit=2&order={order}",
+        f"order={order}&limit=02&after={ids[2]}",
+        f"after={ids[2]}&limit=%2B2&order={order}",
+        f"after={ids[2]}&limit=2&order={order}&order={order}",
+    ]
+    responses = [api.get(httpx.URL(f"{base}?{query}")) for query in spellings]
+
+    assert {response.status_code for response in responses} == {200}
+    assert len({response.content for response in responses}) == 1
+    assert {response.headers["content-type"] for response in responses} == {"application/json"}
