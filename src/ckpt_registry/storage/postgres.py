@@ -280,6 +280,7 @@ class PostgresStorage:
             "command_timeout": self.statement_timeout + 1.0,
             "server_settings": {
                 "application_name": "ckpt-registry",
+                "plan_cache_mode": "force_generic_plan",
                 "statement_timeout": str(int(self.statement_timeout * 1000)),
                 "idle_in_transaction_session_timeout": str(int(self.statement_timeout * 1000)),
             },
