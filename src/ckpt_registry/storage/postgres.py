@@ -297,7 +297,6 @@ class PostgresStorage:
             )
         except (*_CONNECTION_ERRORS, *_TIMEOUT_ERRORS) as exc:
             raise _unavailable(exc) from exc
-        self._listener_task = asyncio.create_task(self._listen_for_key_changes())
 
     async def close(self) -> None:
         if self._listener_task is not None:
@@ -445,6 +444,9 @@ class PostgresStorage:
 
     async def entity_for_key(self, key_hash: str) -> str | None:
         loop = asyncio.get_running_loop()
+        if self._listener_task is None and self._pool is not None:
+            # Started by the first key lookup, so CLI commands and scripts open no extra connection.
+            self._listener_task = loop.create_task(self._listen_for_key_changes())
         cached = self._key_cache.get(key_hash)
         if cached is not None and self._listening and cached[1] > loop.time():
             return cached[0]
