@@ -160,8 +160,9 @@ _UPSERT_METRICS = """
     ON CONFLICT (model_id, name, step) DO UPDATE SET value = EXCLUDED.value
 """
 
-# Ties go to the later step. `min` finds the smallest value first so both modes read the index
-# (model_id, name, value, step) instead of sorting every row.
+# Ties go to the later step. The index (model_id, name, value, step) serves `max` directly; for one
+# best under `min`, the smallest value comes first and then the latest step holding it, so neither
+# sorts the metric's rows (retention's top k under `min` sorts only ties, incrementally).
 _BEST_STEPS = {
     "max": """
         SELECT step FROM checkpoint_metrics WHERE model_id = $1::uuid AND name = $2
