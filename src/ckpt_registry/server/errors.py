@@ -48,13 +48,17 @@ async def _request_validation(_: Request, exc: Exception) -> Response:
     return JSONBytes({"detail": [_plain(error) for error in exc.errors()]}, 422)
 
 
-async def _storage_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, storage_errors.StorageError)
+def storage_error_response(exc: storage_errors.StorageError) -> Response:
     if isinstance(exc, storage_errors.InvalidCursor):
         return validation_error(["query", "after"], exc.message)
     if isinstance(exc, storage_errors.TooManyMetrics):
         return validation_error(["body", "metrics"], exc.message)
     return JSONBytes({"detail": exc.message}, STATUS_BY_ERROR.get(type(exc), 400))
+
+
+async def _storage_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, storage_errors.StorageError)
+    return storage_error_response(exc)
 
 
 async def _authentication_failed(_: Request, exc: Exception) -> Response:

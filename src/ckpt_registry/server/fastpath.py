@@ -2,9 +2,10 @@
 
 Listing is the hot path (trainers ask for the latest step after every step), and the framework's
 request handling costs several times the query. This handler serves only well-formed, authorised list
-requests; anything else (a bad parameter, a bad key, an unknown model or cursor, an outage) is handed to
-the FastAPI route, which answers with the contract's exact error. Both produce the page with
-`responses.checkpoint_page_body`, so the two cannot drift apart in what a successful page holds.
+requests; anything else (a bad parameter, a bad key, an unknown model or cursor) is handed to the
+FastAPI route, which answers with the contract's exact error. An outage is answered here (503, through
+the same error mapping), since the route would only wait for the database again. Both paths encode a
+page with `responses.checkpoint_page_body`, so they cannot drift apart in what a page holds.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..storage.base import Order, Storage
-from ..storage.errors import StorageError
+from ..storage.errors import DatabaseUnavailable, StorageError
 from .auth import AuthenticationFailed, entity_for_authorization
+from .errors import storage_error_response
 from .responses import checkpoint_page_body
 
 PREFIX = "/v1/preview/models/"
@@ -31,7 +33,12 @@ class ListCheckpointsFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
-            body = await self.page(scope)
+            try:
+                body = await self.page(scope)
+            except DatabaseUnavailable as exc:
+                # Answer the outage here: the full route would only wait for the database again.
+                await storage_error_response(exc)(scope, receive, send)
+                return
             if body is not None:
                 await send(
                     {
@@ -67,6 +74,8 @@ class ListCheckpointsFastPath:
             page = await storage.list_checkpoints(
                 entity, model_id, after=after, limit=limit, order=order
             )
+        except DatabaseUnavailable:
+            raise
         except (AuthenticationFailed, StorageError):
             return None
         return checkpoint_page_body(page)

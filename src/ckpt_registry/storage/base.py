@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
+import orjson
+
 Order = Literal["asc", "desc"]
 Mode = Literal["max", "min"]
 
@@ -94,6 +96,11 @@ def canonical_uuid(value: str) -> str | None:
         return None
     text = str(parsed)
     return text if text == value else None
+
+
+def encode_metrics(metrics: dict[str, float]) -> str:
+    """The JSON text stored for a checkpoint's metrics, byte-identical on every backend."""
+    return orjson.dumps(metrics).decode()
 
 
 class Storage(Protocol):

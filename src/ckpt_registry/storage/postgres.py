@@ -30,6 +30,7 @@ from .base import (
     Order,
     RetentionResult,
     canonical_uuid,
+    encode_metrics,
 )
 from .errors import (
     MAX_METRICS,
@@ -44,7 +45,6 @@ from .errors import (
     StepConflict,
     TooManyMetrics,
 )
-from .sqlite import encode_metrics
 from .urls import postgres_dsn
 
 logger = logging.getLogger(__name__)

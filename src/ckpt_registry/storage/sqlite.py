@@ -31,6 +31,7 @@ from .base import (
     Order,
     RetentionResult,
     canonical_uuid,
+    encode_metrics,
 )
 from .errors import (
     MAX_METRICS,
@@ -93,10 +94,6 @@ def _key(row: tuple[str, str, str, str, str | None]) -> ApiKey:
         parse_timestamp(created_at),
         parse_timestamp(revoked_at) if revoked_at else None,
     )
-
-
-def encode_metrics(metrics: dict[str, float]) -> str:
-    return orjson.dumps(metrics).decode()
 
 
 class SQLiteStorage:
@@ -410,18 +407,22 @@ class SQLiteStorage:
 
     def _delete_steps(self, db: sqlite3.Connection, model_id: str, steps: list[int]) -> None:
         """Move the live checkpoints at `steps` (all known to exist) to the tombstones."""
-        steps_json = orjson.dumps(steps).decode()
+        params = (model_id, orjson.dumps(steps).decode())
+        live = "model_id = ? AND step IN (SELECT value FROM json_each(?))"
         db.execute(
             "INSERT INTO checkpoint_tombstones (id, model_id, step, deleted_at) "
-            "SELECT id, model_id, step, ? FROM checkpoints "
-            "WHERE model_id = ? AND step IN (SELECT value FROM json_each(?))",
-            (_now(), model_id, steps_json),
+            f"SELECT id, model_id, step, ? FROM checkpoints WHERE {live}",
+            (_now(), *params),
         )
-        for table in ("checkpoints", "checkpoint_metrics"):
-            db.execute(
-                f"DELETE FROM {table} WHERE model_id = ? AND step IN (SELECT value FROM json_each(?))",
-                (model_id, steps_json),
-            )
+        # By primary key, from the names in each checkpoint's metrics JSON (the two change together):
+        # the metric rows have no (model_id, step) index, and a scan of them all would cost O(model).
+        db.execute(
+            "DELETE FROM checkpoint_metrics WHERE (model_id, name, step) IN ("
+            "SELECT checkpoints.model_id, metric.key, checkpoints.step "
+            f"FROM checkpoints, json_each(checkpoints.metrics) AS metric WHERE {live})",
+            params,
+        )
+        db.execute(f"DELETE FROM checkpoints WHERE {live}", params)
 
     async def delete_checkpoints(
         self, entity: str, model_id: str, steps: list[int]
