@@ -1073,7 +1073,10 @@ def main() -> None:
     args.rounds = max(args.rounds, 2)
     require_wrk()
     OUT.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    # SIGINT explicitly too: a shell's background job starts with SIGINT ignored, and Python then
+    # installs no handler of its own, so Ctrl-C / kill -INT would leave the servers running.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, raise_keyboard_interrupt)
     rows: list[Row] = []
     try:
         data = build_sqlite(args.rows, args.rebuild)
