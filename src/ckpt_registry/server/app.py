@@ -16,6 +16,7 @@ from ..storage import PoolOptions, Storage, open_storage
 from ..storage.errors import StorageError
 from .errors import install_error_handlers
 from .fastpath import ListCheckpointsFastPath
+from .fastregister import RegisterCheckpointFastPath
 from .limits import BodySizeLimit
 from .openapi import install_openapi
 from .routes import checkpoints, models, service
@@ -79,8 +80,9 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     for router in (models.router, checkpoints.router, service.router):
         api.include_router(router)
     install_openapi(api)
+    storage = lambda: api.state.storage  # noqa: E731
     return ListCheckpointsFastPath(
-        BodySizeLimit(api, settings.max_body_bytes), lambda: api.state.storage
+        BodySizeLimit(RegisterCheckpointFastPath(api, storage), settings.max_body_bytes), storage
     )
 
 

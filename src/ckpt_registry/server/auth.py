@@ -34,7 +34,7 @@ async def entity_for_authorization(authorization: str | None, storage: Storage) 
     return entity
 
 
-def get_storage(request: Request) -> Storage:
+async def get_storage(request: Request) -> Storage:
     storage: Storage = request.app.state.storage
     return storage
 

@@ -86,7 +86,14 @@ def parse_query(query_string: bytes) -> tuple[str | None, int, Order] | None:
     after: str | None = None
     limit, order = 20, "asc"
     seen: set[str] = set()
-    for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+    text = query_string.decode("latin-1")
+    # Plain `name=value&...` (what clients send for a uuid cursor) splits without `parse_qsl`.
+    pairs = (
+        parse_qsl(text, keep_blank_values=True)
+        if "%" in text or "+" in text or ";" in text
+        else [pair.partition("=")[::2] for pair in text.split("&") if pair]
+    )
+    for name, value in pairs:
         if name in seen:
             return None
         seen.add(name)

@@ -346,7 +346,7 @@ class PostgresStorage:
         attempts = 2 if idempotent else 1
         for attempt in range(attempts):
             try:
-                async with pool.acquire(timeout=self.connect_timeout) as connection:
+                async with pool.acquire() as connection:
                     try:
                         return await work(connection)
                     except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:

@@ -8,8 +8,10 @@ of microseconds and scale with server processes (SQLite reads do not scale with 
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +57,24 @@ _PAGE_DESC = (
     "SELECT id, step, metrics FROM checkpoints WHERE model_id = ? AND (step, id) < (?, ?) "
     "ORDER BY step DESC, id DESC LIMIT ?"
 )
+# The common request in one statement: the model is live and the caller's, `after` names a live
+# checkpoint of it, and the page. Any empty result (unknown model or cursor, a deleted checkpoint's
+# cursor, the true end of the list) goes through the step-by-step path, which says which it is.
+_ONE_STATEMENT_PAGE = {
+    (order, with_cursor): (
+        "SELECT c.id, c.step, c.metrics FROM checkpoints c WHERE c.model_id = ?1 "
+        f"AND (c.step, c.id) {comparison} "
+        + (
+            "(SELECT step, id FROM checkpoints WHERE id = ?2 AND model_id = ?1) "
+            if with_cursor
+            else "(?2, ?3) "
+        )
+        + "AND EXISTS (SELECT 1 FROM models WHERE id = ?1 AND entity = ?4 AND deleted_at IS NULL) "
+        f"ORDER BY c.step{direction}, c.id{direction} LIMIT ?5"
+    )
+    for order, comparison, direction in (("asc", ">", ""), ("desc", "<", " DESC"))
+    for with_cursor in (False, True)
+}
 # Below/above every real (step, id): steps are >= 0 and ids are 36-character strings.
 _BEFORE_FIRST = (-1, "")
 _AFTER_LAST = (2**63 - 1, "~")
@@ -102,11 +122,34 @@ class SQLiteStorage:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
+        self._keys_cache: dict[str, str | None] = {}
+        self._checkpointer: threading.Thread | None = None
+        self._checkpointer_stop = threading.Event()
+        self._keys_version: int | None = None
 
     # Lifecycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
         self._db = self.connect(self.path)
+        # Copying the WAL back into the database (with an fsync) is done by a thread with its own
+        # connection, not by whichever request's COMMIT crosses the auto-checkpoint threshold: the
+        # event loop never waits for it, and SQLite releases the GIL while it does the I/O.
+        self._db.execute("PRAGMA wal_autocheckpoint = 0")
+        self._checkpointer_stop = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_wal, name="sqlite-wal-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
+
+    def _checkpoint_wal(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout = 5000")
+            while not self._checkpointer_stop.wait(0.25):
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            db.close()
 
     @staticmethod
     def connect(path: Path) -> sqlite3.Connection:
@@ -120,6 +163,10 @@ class SQLiteStorage:
         return db
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer_stop.set()
+            self._checkpointer.join()
+            self._checkpointer = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -161,6 +208,7 @@ class SQLiteStorage:
 
     async def create_key(self, entity: str, name: str, key_hash: str) -> ApiKey:
         key_id, now = str(uuid.uuid4()), _now()
+        self._keys_cache.clear()
         with self._write() as db:
             db.execute(
                 "INSERT INTO api_keys (id, entity, name, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -175,6 +223,7 @@ class SQLiteStorage:
         return [_key(row) for row in rows]
 
     async def revoke_key(self, key_id: str) -> ApiKey:
+        self._keys_cache.clear()
         with self._write() as db:
             db.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
@@ -193,6 +242,21 @@ class SQLiteStorage:
         return int(count)
 
     async def entity_for_key(self, key_hash: str) -> str | None:
+        # Keys change only through other connections (`ckpt keys ...`), and `PRAGMA data_version`
+        # changes exactly when another connection has committed: a cached answer is exact.
+        (version,) = self.db.execute("PRAGMA data_version").fetchone()
+        if version != self._keys_version:
+            self._keys_cache.clear()
+            self._keys_version = version
+        if key_hash in self._keys_cache:
+            return self._keys_cache[key_hash]
+        entity = self._entity_for_key(key_hash)
+        if len(self._keys_cache) >= 1024:
+            self._keys_cache.clear()
+        self._keys_cache[key_hash] = entity
+        return entity
+
+    def _entity_for_key(self, key_hash: str) -> str | None:
         row = self.db.execute(
             "SELECT entity, key_hash FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
             (key_hash,),
@@ -312,6 +376,21 @@ class SQLiteStorage:
     async def list_checkpoints(
         self, entity: str, model_id: str, *, after: str | None, limit: int, order: Order
     ) -> CheckpointPage:
+        if after is not None:
+            params: tuple[object, ...] = (model_id, after, None, entity, limit + 1)
+        else:
+            params = (
+                model_id,
+                *(_BEFORE_FIRST if order == "asc" else _AFTER_LAST),
+                entity,
+                limit + 1,
+            )
+        rows = self.db.execute(_ONE_STATEMENT_PAGE[order, after is not None], params).fetchall()
+        if rows:
+            has_more = len(rows) > limit
+            if has_more:
+                rows.pop()
+            return CheckpointPage(list(map(CheckpointRow._make, rows)), has_more)
         self._live_model(entity, model_id)
         if after is not None:
             step, id_ = self._cursor_position(model_id, after)
@@ -323,7 +402,7 @@ class SQLiteStorage:
         has_more = len(rows) > limit
         if has_more:
             rows.pop()
-        return CheckpointPage([CheckpointRow(*row) for row in rows], has_more)
+        return CheckpointPage(list(map(CheckpointRow._make, rows)), has_more)
 
     async def register_checkpoint(
         self, entity: str, model_id: str, step: int, metrics: dict[str, float]
