@@ -23,8 +23,8 @@ def timestamp(moment: Any) -> str:
 
 def checkpoint_page_body(page: CheckpointPage) -> bytes:
     data = [
-        {"id": row.id, "step": row.step, "metrics": orjson.Fragment(row.metrics_json)}
-        for row in page.data
+        {"id": id_, "step": step, "metrics": orjson.Fragment(metrics_json)}
+        for id_, step, metrics_json in page.data
     ]
     return orjson.dumps(
         {

@@ -648,7 +648,9 @@ class PostgresStorage:
             raise InvalidCursor("after is not the id of a checkpoint of this model")
         if head["id"] is None:
             return CheckpointPage([], has_more=False)
-        data = [CheckpointRow(str(row["id"]), int(row["step"]), row["metrics"]) for row in rows]
+        data: list[CheckpointRow] = [
+            (str(row["id"]), int(row["step"]), row["metrics"]) for row in rows
+        ]
         has_more = len(data) > limit
         if has_more:
             data.pop()

@@ -25,7 +25,6 @@ from .base import (
     BestRule,
     Checkpoint,
     CheckpointPage,
-    CheckpointRow,
     DeleteResult,
     Mode,
     Model,
@@ -390,7 +389,7 @@ class SQLiteStorage:
             has_more = len(rows) > limit
             if has_more:
                 rows.pop()
-            return CheckpointPage(list(map(CheckpointRow._make, rows)), has_more)
+            return CheckpointPage(rows, has_more)
         self._live_model(entity, model_id)
         if after is not None:
             step, id_ = self._cursor_position(model_id, after)
@@ -402,7 +401,7 @@ class SQLiteStorage:
         has_more = len(rows) > limit
         if has_more:
             rows.pop()
-        return CheckpointPage(list(map(CheckpointRow._make, rows)), has_more)
+        return CheckpointPage(rows, has_more)
 
     async def register_checkpoint(
         self, entity: str, model_id: str, step: int, metrics: dict[str, float]
