@@ -112,3 +112,19 @@ def test_health_and_system_check_need_no_key(
         assert response.json() == {}
     else:
         assert response.json() == {"status": "ok", "checks": {"database": "ok"}}
+
+
+def test_with_two_authorization_headers_the_first_decides(
+    server: RunningServer, api_key: str, model_id: str
+) -> None:
+    """The fast paths read headers as the full routes do, so both answer a request alike."""
+    path = f"/preview/models/{model_id}/checkpoints"
+    with httpx.Client(base_url=server.url) as client:
+        for first, second, status in (
+            ("Bearer nope", f"Bearer {api_key}", 401),
+            (f"Bearer {api_key}", "Bearer nope", 200),
+        ):
+            headers = [("Authorization", first), ("Authorization", second)]
+            assert client.get(path, headers=headers).status_code == status
+            registered = client.post(path, headers=headers, json={"step": 1, "metrics": {}})
+            assert registered.status_code == (401 if status == 401 else 201)

@@ -17,13 +17,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..storage.base import Order, Storage
 from ..storage.errors import DatabaseUnavailable, StorageError
+from .asgi import checkpoints_model_id, header, send_json
 from .auth import AuthenticationFailed, entity_for_authorization
 from .errors import storage_error_response
 from .responses import checkpoint_page_body
-
-PREFIX = "/v1/preview/models/"
-SUFFIX = "/checkpoints"
-JSON_HEADER = (b"content-type", b"application/json")
 
 
 class ListCheckpointsFastPath:
@@ -40,37 +37,25 @@ class ListCheckpointsFastPath:
                 await storage_error_response(exc)(scope, receive, send)
                 return
             if body is not None:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [JSON_HEADER, (b"content-length", str(len(body)).encode())],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await send_json(send, 200, body)
                 return
         await self.app(scope, receive, send)
 
     async def page(self, scope: Scope) -> bytes | None:
         """The page's body, or None when the full route should answer this request."""
-        path: str = scope["path"]
-        if not (path.startswith(PREFIX) and path.endswith(SUFFIX)):
-            return None
-        model_id = path[len(PREFIX) : -len(SUFFIX)]
+        model_id = checkpoints_model_id(scope["path"])
         storage = self.storage()
-        if not model_id or "/" in model_id or storage is None:
+        if model_id is None or storage is None:
             return None
         query = parse_query(scope["query_string"])
         if query is None:
             return None
         after, limit, order = query
-        authorization = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-                break
+        authorization = header(scope, b"authorization")
         try:
-            entity = await entity_for_authorization(authorization, storage)
+            entity = await entity_for_authorization(
+                authorization.decode("latin-1") if authorization is not None else None, storage
+            )
             page = await storage.list_checkpoints(
                 entity, model_id, after=after, limit=limit, order=order
             )

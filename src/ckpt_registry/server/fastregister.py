@@ -14,13 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..storage.base import Storage
 from ..storage.errors import MAX_METRICS, DatabaseUnavailable, StorageError
+from .asgi import checkpoints_model_id, header, replaying, send_json
 from .auth import AuthenticationFailed, entity_for_authorization
 from .errors import storage_error_response
-from .fastpath import JSON_HEADER, PREFIX, SUFFIX
 from .responses import checkpoint_detail
 from .schemas import MAX_STEP
 
@@ -34,15 +34,9 @@ class RegisterCheckpointFastPath:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
-        model_id = path[len(PREFIX) : -len(SUFFIX)]
+        model_id = checkpoints_model_id(scope["path"])
         storage = self.storage()
-        if (
-            not (path.startswith(PREFIX) and path.endswith(SUFFIX))
-            or not model_id
-            or "/" in model_id
-            or storage is None
-        ):
+        if model_id is None or storage is None:
             await self.app(scope, receive, send)
             return
         # BodySizeLimit (outside us) has read the whole body: it arrives as one message.
@@ -55,50 +49,29 @@ class RegisterCheckpointFastPath:
             await storage_error_response(exc)(scope, receive, send)
             return
         if not answered:
-            replayed = False
-
-            async def replay() -> Message:
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return message
-                return await receive()
-
-            await self.app(scope, replay, send)
+            await self.app(scope, replaying(message, receive), send)
 
     async def register(
         self, scope: Scope, storage: Storage, model_id: str, body: bytes, send: Send
     ) -> bool:
         """Answer the request and return True, or return False (nothing sent, nothing stored)."""
-        authorization = None
-        content_type = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"content-type":
-                content_type = value
-        if content_type != b"application/json":
+        if header(scope, b"content-type") != b"application/json":
             return False
         parsed = plain_registration(body)
         if parsed is None:
             return False
         step, metrics = parsed
         try:
-            entity = await entity_for_authorization(authorization, storage)
+            authorization = header(scope, b"authorization")
+            entity = await entity_for_authorization(
+                authorization.decode("latin-1") if authorization is not None else None, storage
+            )
             checkpoint, created = await storage.register_checkpoint(entity, model_id, step, metrics)
         except DatabaseUnavailable:
             raise
         except (AuthenticationFailed, StorageError):
             return False
-        content = orjson.dumps(checkpoint_detail(checkpoint))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 201 if created else 200,
-                "headers": [(b"content-length", str(len(content)).encode()), JSON_HEADER],
-            }
-        )
-        await send({"type": "http.response.body", "body": content})
+        await send_json(send, 201 if created else 200, orjson.dumps(checkpoint_detail(checkpoint)))
         return True
 
 

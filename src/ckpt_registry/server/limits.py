@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .asgi import header, replaying, send_json
 
 
 class BodySizeLimit:
@@ -15,10 +17,10 @@ class BodySizeLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self.too_large(send)
-                return
+        length = header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self.too_large(send)
+            return
         # Read the whole (bounded) body first, so a chunked body over the limit is refused before the
         # application has acted on any of it.
         chunks: list[bytes] = []
@@ -35,31 +37,10 @@ class BodySizeLimit:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, replaying(message, receive), send)
 
     async def too_large(self, send: Send) -> None:
-        body = orjson.dumps(
-            {"detail": f"Request body too large: the limit is {self.max_bytes} bytes"}
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        detail = f"Request body too large: the limit is {self.max_bytes} bytes"
+        # The rest of the body is never read, so the connection cannot carry another request.
+        await send_json(send, 413, orjson.dumps({"detail": detail}), close=True)
