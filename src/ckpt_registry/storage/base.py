@@ -7,7 +7,7 @@ Metrics travel as the JSON text the registry stored (`metrics_json`), so the hot
 
 from __future__ import annotations
 
-import uuid
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
@@ -83,16 +83,12 @@ class DeleteResult:
     not_found_steps: list[int]
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def canonical_uuid(value: str) -> str | None:
-    """`value` if it is a UUID in canonical lowercase form, else None."""
-    if len(value) != 36:
-        return None
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        return None
-    text = str(parsed)
-    return text if text == value else None
+    """`value` if it is a UUID in canonical lowercase form (as `str(uuid.UUID(...))` writes it)."""
+    return value if _CANONICAL_UUID.fullmatch(value) else None
 
 
 def encode_metrics(metrics: dict[str, float]) -> str:

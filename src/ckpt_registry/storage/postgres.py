@@ -119,7 +119,7 @@ def _page_query(order: Order, *, with_cursor: bool) -> str:
             SELECT 1 FROM models WHERE id = $1::uuid AND entity = $2 AND deleted_at IS NULL
         ) AS found
     ){cursor}
-    SELECT model.found, {cursor_columns}, page.id, page.step, page.metrics
+    SELECT model.found, {cursor_columns}, page.id::text AS id, page.step, page.metrics
       FROM model
       {cursor_join}
       LEFT JOIN LATERAL (
@@ -648,9 +648,8 @@ class PostgresStorage:
             raise InvalidCursor("after is not the id of a checkpoint of this model")
         if head["id"] is None:
             return CheckpointPage([], has_more=False)
-        data: list[CheckpointRow] = [
-            (str(row["id"]), int(row["step"]), row["metrics"]) for row in rows
-        ]
+        # Columns 3..5 are id (as text: no UUID objects to build and format), step, metrics.
+        data: list[CheckpointRow] = [(row[3], row[4], row[5]) for row in rows]
         has_more = len(data) > limit
         if has_more:
             data.pop()
