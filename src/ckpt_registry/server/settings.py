@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     gc_interval_seconds: float = Field(
         default=3600, ge=0, description="how often the server purges old tombstones; 0 never"
     )
-    pg_pool_size: int = Field(default=10, ge=1, le=1000)
+    pg_pool_size: int = Field(default=20, ge=1, le=1000)
     pg_connect_timeout: float = Field(default=5.0, gt=0)
     pg_statement_timeout: float = Field(default=10.0, gt=0)
 

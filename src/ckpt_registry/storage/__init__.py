@@ -12,7 +12,7 @@ from .urls import backend_of, postgres_dsn, sqlite_path
 class PoolOptions:
     """PostgreSQL connection settings; SQLite ignores them."""
 
-    pool_size: int = 10
+    pool_size: int = 20
     connect_timeout: float = 5.0
     statement_timeout: float = 10.0
 

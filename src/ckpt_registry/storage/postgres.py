@@ -278,7 +278,7 @@ class PostgresStorage:
         url: str,
         *,
         pool_min: int = 1,
-        pool_max: int = 10,
+        pool_max: int = 20,
         connect_timeout: float = 5.0,
         statement_timeout: float = 10.0,
     ) -> None:
