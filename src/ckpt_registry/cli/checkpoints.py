@@ -26,7 +26,9 @@ __all__ = ["checkpoints", "parse_keep_best", "parse_metrics"]
 ORDER = click.Choice(["asc", "desc"])
 
 
-@click.group(cls=APIGroup)
+@click.group(
+    cls=APIGroup, epilog="Example: ckpt checkpoints list 0b9e6c1e-... --order desc --limit 5"
+)
 def checkpoints() -> None:
     """List, register, inspect, delete and prune a model's checkpoints."""
 

@@ -76,7 +76,11 @@ def metrics_at_step(folder: Path, step: int) -> dict[str, float]:
     return metrics
 
 
-@click.group("import", cls=APIGroup)
+@click.group(
+    "import",
+    cls=APIGroup,
+    epilog="Example: ckpt import hf-trainer ./outputs/run-3 --model 0b9e6c1e-...",
+)
 def import_group() -> None:
     """Register checkpoints that a training framework wrote to disk."""
 

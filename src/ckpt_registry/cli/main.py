@@ -55,7 +55,11 @@ def with_storage(url: str, action: Callable[[Storage], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=Group,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Example: ckpt serve, then ckpt models create --project rl --name agent-7 --base-model Qwen/Qwen2.5-7B",
+)
 @click.version_option(package_name="ckpt-registry")
 def cli() -> None:
     """ckpt-registry: a self-hostable model checkpoint registry (W&B Training compatible)."""
@@ -117,7 +121,7 @@ async def create_first_key(storage: Storage) -> str | None:
 # Database -------------------------------------------------------------------------------------
 
 
-@cli.group(cls=Group)
+@cli.group(cls=Group, epilog="Example: ckpt db upgrade --database-url sqlite:///./ckpt.db")
 def db() -> None:
     """Create, upgrade and clean the database."""
 
@@ -159,7 +163,7 @@ def db_gc(database_url: str, older_than: float) -> None:
 # Keys -----------------------------------------------------------------------------------------
 
 
-@cli.group(cls=Group)
+@cli.group(cls=Group, epilog="Example: ckpt keys create --entity my-team --name laptop")
 def keys() -> None:
     """Create, list and revoke API keys (stored only as sha256 hashes)."""
 

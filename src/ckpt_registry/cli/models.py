@@ -21,7 +21,7 @@ from .output import (
 __all__ = ["models"]
 
 
-@click.group(cls=APIGroup)
+@click.group(cls=APIGroup, epilog="Example: ckpt models list --project rl")
 def models() -> None:
     """Create, list, inspect and delete models (talks to a running registry)."""
 
