@@ -12,6 +12,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,9 @@ class ThreadedServer(uvicorn.Server):
         pass
 
 
-def serve_in_thread(settings: Settings) -> tuple[ThreadedServer, threading.Thread, int]:
+@contextmanager
+def serving(settings: Settings) -> Iterator[RunningServer]:
+    """A real uvicorn server for the app on a free loopback port, in a thread, stopped on exit."""
     config = uvicorn.Config(
         create_app(settings),
         host="127.0.0.1",
@@ -104,14 +107,19 @@ def serve_in_thread(settings: Settings) -> tuple[ThreadedServer, threading.Threa
     server = ThreadedServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    for _ in range(1000):
-        if server.started or not thread.is_alive():
-            break
-        threading.Event().wait(0.01)
-    if not server.started:
-        raise RuntimeError("test server did not start")
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return server, thread, port
+    try:
+        for _ in range(1000):
+            if server.started or not thread.is_alive():
+                break
+            threading.Event().wait(0.01)
+        if not server.started:
+            raise RuntimeError("test server did not start")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield RunningServer(f"http://127.0.0.1:{port}/v1", settings.database_url)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert not thread.is_alive(), "test server did not stop"
 
 
 @pytest.fixture
@@ -121,12 +129,8 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture
 def server(settings: Settings) -> Iterator[RunningServer]:
-    running, thread, port = serve_in_thread(settings)
-    try:
-        yield RunningServer(f"http://127.0.0.1:{port}/v1", settings.database_url)
-    finally:
-        running.should_exit = True
-        thread.join(timeout=10)
+    with serving(settings) as running:
+        yield running
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from ckpt_registry.cli.main import cli
 from ckpt_registry.server import Settings
 
-from ..conftest import RunningServer, serve_in_thread
+from ..conftest import RunningServer, serving
 
 
 def register_steps(api: httpx.Client, model_id: str, steps: range) -> dict[int, str]:
@@ -151,52 +151,33 @@ def test_the_server_purges_old_tombstones_periodically(database_url: str, api_ke
     settings = Settings(
         database_url=database_url, gc_interval_seconds=0.2, tombstone_ttl_seconds=0.1
     )
-    running, thread, port = serve_in_thread(settings)
-    try:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}/v1",
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=30,
-        ) as api:
-            model_id = api.post(
-                "/preview/models", json={"project": "p", "name": "m", "base_model": "b"}
-            ).json()["id"]
-            ids = register_steps(api, model_id, range(1, 4))
-            delete_steps(api, model_id, [2])
+    with serving(settings) as running, running.client(api_key) as api:
+        model_id = api.post(
+            "/preview/models", json={"project": "p", "name": "m", "base_model": "b"}
+        ).json()["id"]
+        ids = register_steps(api, model_id, range(1, 4))
+        delete_steps(api, model_id, [2])
 
-            deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10
+        response = page_after(api, model_id, ids[2])
+        while response.status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
             response = page_after(api, model_id, ids[2])
-            while response.status_code == 200 and time.monotonic() < deadline:
-                time.sleep(0.05)
-                response = page_after(api, model_id, ids[2])
 
-            assert_expired(response)
-            assert steps_of(page_after(api, model_id, ids[1])) == [3]
-    finally:
-        running.should_exit = True
-        thread.join(timeout=10)
-    assert not thread.is_alive()
+        assert_expired(response)
+        assert steps_of(page_after(api, model_id, ids[1])) == [3]
 
 
 def test_the_server_keeps_tombstones_younger_than_the_ttl(database_url: str, api_key: str) -> None:
     settings = Settings(
         database_url=database_url, gc_interval_seconds=0.1, tombstone_ttl_seconds=3600
     )
-    running, thread, port = serve_in_thread(settings)
-    try:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}/v1",
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=30,
-        ) as api:
-            model_id = api.post(
-                "/preview/models", json={"project": "p", "name": "m", "base_model": "b"}
-            ).json()["id"]
-            ids = register_steps(api, model_id, range(1, 4))
-            delete_steps(api, model_id, [2])
-            time.sleep(0.5)  # several purge rounds
+    with serving(settings) as running, running.client(api_key) as api:
+        model_id = api.post(
+            "/preview/models", json={"project": "p", "name": "m", "base_model": "b"}
+        ).json()["id"]
+        ids = register_steps(api, model_id, range(1, 4))
+        delete_steps(api, model_id, [2])
+        time.sleep(0.5)  # several purge rounds
 
-            assert steps_of(page_after(api, model_id, ids[2])) == [3]
-    finally:
-        running.should_exit = True
-        thread.join(timeout=10)
+        assert steps_of(page_after(api, model_id, ids[2])) == [3]

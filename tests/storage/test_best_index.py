@@ -18,7 +18,7 @@ import pytest
 from ckpt_registry.server import Settings
 from ckpt_registry.storage.sqlite import SQLiteStorage
 
-from ..conftest import add_key, serve_in_thread
+from ..conftest import add_key, serving
 
 CHECKPOINTS = 100_000
 TIMESTAMP = "2026-01-01T00:00:00.000000Z"
@@ -43,19 +43,14 @@ def big_model(sqlite_template: Path, tmp_path: Path) -> Iterator[BigModel]:
     shutil.copyfile(sqlite_template, path)
     url = f"sqlite:///{path}"
     key = add_key(url)
-    running, thread, port = serve_in_thread(Settings(database_url=url, gc_interval_seconds=0))
-    try:
-        base = f"http://127.0.0.1:{port}/v1"
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as api:
+    with serving(Settings(database_url=url, gc_interval_seconds=0)) as running:
+        with running.client(key) as api:
             response = api.post(
                 "/preview/models", json={"project": "p", "name": "big", "base_model": "b"}
             )
             model_id = response.json()["id"]
         bulk_insert(path, model_id)
-        yield BigModel(path, base, key, model_id)
-    finally:
-        running.should_exit = True
-        thread.join(timeout=10)
+        yield BigModel(path, running.url, key, model_id)
 
 
 def bulk_insert(path: Path, model_id: str) -> None:

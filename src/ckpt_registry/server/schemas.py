@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field, StrictBool, StrictInt, StringConstraints
 
@@ -143,3 +143,10 @@ class SystemCheck(BaseModel):
 
 class ErrorDetail(BaseModel):
     detail: str
+
+
+# What every model-scoped operation may answer besides its success (documented in /openapi.json).
+MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorDetail},
+    404: {"model": ErrorDetail},
+}

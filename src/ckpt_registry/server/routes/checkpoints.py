@@ -3,7 +3,7 @@ best by metric and retention."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query
 from starlette.responses import Response
@@ -12,6 +12,7 @@ from ...storage.base import BestRule
 from ..auth import Entity, StorageDep
 from ..responses import JSONBytes, checkpoint_detail, checkpoint_page_body
 from ..schemas import (
+    MODEL_ERRORS,
     CheckpointCreate,
     CheckpointDetail,
     CheckpointResponse,
@@ -27,14 +28,12 @@ from ..schemas import (
 
 router = APIRouter(prefix="/v1/preview/models/{model_id}/checkpoints", tags=["models"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorDetail}, 404: {"model": ErrorDetail}}
-
 
 @router.get(
     "",
     summary="List Model Checkpoints",
     response_model=PaginatedResponse[CheckpointResponse],
-    responses=ERRORS,
+    responses=MODEL_ERRORS,
 )
 async def list_model_checkpoints(
     model_id: str,
@@ -57,7 +56,7 @@ async def list_model_checkpoints(
     "",
     summary="Delete Model Checkpoints",
     response_model=DeleteCheckpointsResponse,
-    responses=ERRORS,
+    responses=MODEL_ERRORS,
 )
 async def delete_model_checkpoints(
     model_id: str, body: DeleteCheckpointsRequest, entity: Entity, storage: StorageDep
@@ -74,7 +73,7 @@ async def delete_model_checkpoints(
     status_code=201,
     response_model=CheckpointDetail,
     responses={
-        **ERRORS,
+        **MODEL_ERRORS,
         200: {
             "model": CheckpointDetail,
             "description": "The step was already registered with equal metrics",
@@ -95,7 +94,7 @@ async def register_checkpoint(
     "/best",
     summary="Best Checkpoint By Metric",
     response_model=CheckpointDetail,
-    responses=ERRORS,
+    responses=MODEL_ERRORS,
 )
 async def best_checkpoint(
     model_id: str,
@@ -113,7 +112,7 @@ async def best_checkpoint(
     "/retention",
     summary="Apply Retention",
     response_model=RetentionResponse,
-    responses=ERRORS,
+    responses=MODEL_ERRORS,
 )
 async def apply_retention(
     model_id: str, body: RetentionRequest, entity: Entity, storage: StorageDep
@@ -139,7 +138,7 @@ async def apply_retention(
     "/{checkpoint_id}",
     summary="Get Checkpoint",
     response_model=CheckpointDetail,
-    responses=ERRORS,
+    responses=MODEL_ERRORS,
 )
 async def get_checkpoint(
     model_id: str, checkpoint_id: str, entity: Entity, storage: StorageDep
@@ -153,7 +152,7 @@ async def get_checkpoint(
     "/{checkpoint_id}",
     summary="Update Checkpoint Metrics",
     response_model=CheckpointDetail,
-    responses=ERRORS,
+    responses=MODEL_ERRORS,
 )
 async def update_checkpoint_metrics(
     model_id: str,

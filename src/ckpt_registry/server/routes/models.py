@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from starlette.responses import Response
@@ -11,6 +11,7 @@ from ..auth import Entity, StorageDep
 from ..errors import Forbidden
 from ..responses import JSONBytes, model_page, model_response
 from ..schemas import (
+    MODEL_ERRORS,
     DeleteModelResponse,
     ErrorDetail,
     ModelCreate,
@@ -19,8 +20,6 @@ from ..schemas import (
 )
 
 router = APIRouter(prefix="/v1/preview/models", tags=["models"])
-
-ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorDetail}, 404: {"model": ErrorDetail}}
 
 
 @router.post(
@@ -63,13 +62,18 @@ async def list_models(
     return JSONBytes(model_page(page))
 
 
-@router.get("/{model_id}", summary="Get Model", response_model=ModelResponse, responses=ERRORS)
+@router.get(
+    "/{model_id}", summary="Get Model", response_model=ModelResponse, responses=MODEL_ERRORS
+)
 async def get_model(model_id: str, entity: Entity, storage: StorageDep) -> Response:
     return JSONBytes(model_response(await storage.get_model(entity, model_id)))
 
 
 @router.delete(
-    "/{model_id}", summary="Delete Model", response_model=DeleteModelResponse, responses=ERRORS
+    "/{model_id}",
+    summary="Delete Model",
+    response_model=DeleteModelResponse,
+    responses=MODEL_ERRORS,
 )
 async def delete_model(model_id: str, entity: Entity, storage: StorageDep) -> Response:
     deleted = await storage.delete_model(entity, model_id)
