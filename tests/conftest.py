@@ -8,7 +8,6 @@ every database-backed test on PostgreSQL too; under CI=true it is required.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -152,7 +151,3 @@ def model_id(api: httpx.Client) -> str:
     )
     assert response.status_code == 200, response.text
     return str(response.json()["id"])
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
