@@ -1,0 +1,39 @@
+"""The API contract's constants (shared/CONTRACT.md): limits, defaults, formats and route paths.
+
+One home for each: the schemas, the fast paths, both storage backends, the SDK defaults and the
+benchmarks import them, so a limit or a prefix cannot change in one place and silently not in another.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Steps are PostgreSQL bigints: 0 .. 2^63 - 1 (section 5).
+MAX_STEP: Final = 2**63 - 1
+
+# Names (`entity`, `project`, `name`, metric names) and `base_model`, in characters.
+MAX_NAME_LENGTH: Final = 256
+MAX_BASE_MODEL_LENGTH: Final = 512
+
+# Metrics one checkpoint may hold, registered or merged (section 5).
+MAX_METRICS: Final = 1000
+
+# Steps one `DELETE .../checkpoints` may name (section 2).
+MAX_DELETE_STEPS: Final = 10_000
+
+# List endpoints: `limit` 1..100, default 20; `order` asc|desc, default asc (section 2).
+LIST_LIMIT_MIN: Final = 1
+LIST_LIMIT_MAX: Final = 100
+LIST_LIMIT_DEFAULT: Final = 20
+LIST_ORDER_DEFAULT: Final = "asc"
+
+# JSON request bodies over this many bytes are refused with 413 (section 5).
+MAX_JSON_BODY_BYTES: Final = 1024 * 1024
+
+# Timestamps: ISO 8601 in UTC with microseconds and a Z; as text they sort in time order.
+TIMESTAMP_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+# Route paths. FastAPI routers and the bare ASGI fast paths both build on these.
+API_PREFIX: Final = "/v1"
+MODELS_PATH: Final = API_PREFIX + "/preview/models"
+CHECKPOINTS_PATH: Final = MODELS_PATH + "/{model_id}/checkpoints"
