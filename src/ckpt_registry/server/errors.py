@@ -14,7 +14,6 @@ from .auth import AuthenticationFailed
 from .responses import JSONBytes
 
 STATUS_BY_ERROR: dict[type[storage_errors.StorageError], int] = {
-    storage_errors.DatabaseUnavailable: 503,
     storage_errors.KeyNotFound: 404,
     storage_errors.ModelNotFound: 404,
     storage_errors.CheckpointNotFound: 404,
@@ -53,6 +52,12 @@ def storage_error_response(exc: storage_errors.StorageError) -> Response:
         return validation_error(["query", "after"], exc.message)
     if isinstance(exc, storage_errors.TooManyMetrics):
         return validation_error(["body", "metrics"], exc.message)
+    if isinstance(exc, storage_errors.UnstorableText):
+        return validation_error(["body"], exc.message)
+    if isinstance(exc, storage_errors.DatabaseUnavailable):
+        return JSONBytes(
+            {"detail": exc.message}, 503, headers={"Retry-After": str(exc.retry_after)}
+        )
     return JSONBytes({"detail": exc.message}, STATUS_BY_ERROR.get(type(exc), 400))
 
 

@@ -109,7 +109,8 @@ class Storage(Protocol):
     async def close(self) -> None: ...
 
     async def check(self) -> None:
-        """Raise `DatabaseUnavailable` with a reason when the database does not answer."""
+        """Raise `DatabaseUnavailable` with a reason when the database does not answer, or when
+        writes are failing (a full disk, a lock held elsewhere) and a probe write still fails."""
 
     # Keys -------------------------------------------------------------------------------------
 
@@ -149,7 +150,14 @@ class Storage(Protocol):
         """Keyset page by (created_at, id); `InvalidCursor` when `after` is no model of the entity."""
 
     async def delete_model(self, entity: str, model_id: str) -> int:
-        """Delete the model and its checkpoints; the number of live checkpoints deleted."""
+        """Delete the model and its checkpoints; the number of live checkpoints deleted.
+
+        The model is gone for every request at once; its rows may go in several transactions, and
+        a delete cut short (a killed process) is finished by `purge_deleted_models`.
+        """
+
+    async def purge_deleted_models(self) -> int:
+        """Remove the rows every deleted model still has; the number of models finished."""
 
     # Checkpoints ------------------------------------------------------------------------------
 
@@ -200,7 +208,8 @@ class Storage(Protocol):
     ) -> RetentionResult:
         """Delete every checkpoint neither among the latest `keep_latest` nor the best `keep_best.k`.
 
-        The latest checkpoint is always kept. Checkpoints registered while this runs are kept.
+        The latest checkpoint is always kept. Checkpoints registered while this runs are kept, and
+        the result names exactly the steps this call deleted. A dry run changes and locks nothing.
         """
 
     async def purge_tombstones(self, older_than: datetime) -> int:
