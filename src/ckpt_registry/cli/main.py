@@ -154,9 +154,15 @@ def db_downgrade(database_url: str, revision: str) -> None:
     help="Purge tombstones of checkpoints deleted more than this many seconds ago.",
 )
 def db_gc(database_url: str, older_than: float) -> None:
-    """Purge old tombstones; cursors naming them then answer 'cursor expired'."""
+    """Finish model deletes cut short, and purge old tombstones (their cursors then expire)."""
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
-    purged = with_storage(database_url, lambda storage: storage.purge_tombstones(cutoff))
+
+    async def collect(storage: Storage) -> tuple[int, int]:
+        return await storage.purge_deleted_models(), await storage.purge_tombstones(cutoff)
+
+    finished, purged = with_storage(database_url, collect)
+    if finished:
+        click.echo(f"finished deleting {finished} deleted models")
     click.echo(f"purged {purged} tombstones")
 
 

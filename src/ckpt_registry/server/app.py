@@ -26,17 +26,27 @@ from .settings import Settings
 log = logging.getLogger("ckpt_registry")
 
 
-async def purge_tombstones_forever(storage: Storage, settings: Settings) -> None:
-    while True:
-        await asyncio.sleep(settings.gc_interval_seconds)
+async def collect_garbage(storage: Storage, settings: Settings) -> None:
+    """Finish model deletes cut short, then purge old tombstones."""
+    try:
+        finished = await storage.purge_deleted_models()
         cutoff = datetime.now(UTC) - timedelta(seconds=settings.tombstone_ttl_seconds)
-        try:
-            purged = await storage.purge_tombstones(cutoff)
-        except StorageError as exc:
-            log.warning("tombstone purge failed: %s", exc)
-        else:
-            if purged:
-                log.info("purged %d tombstones older than %s", purged, cutoff.isoformat())
+        purged = await storage.purge_tombstones(cutoff)
+    except StorageError as exc:
+        log.warning("garbage collection failed: %s", exc)
+        return
+    if finished:
+        log.info("finished deleting the rows of %d deleted models", finished)
+    if purged:
+        log.info("purged %d tombstones older than %s", purged, cutoff.isoformat())
+
+
+async def collect_garbage_forever(storage: Storage, settings: Settings) -> None:
+    """At start (a delete cut short by a crash is finished at once), then every interval (if any)."""
+    await collect_garbage(storage, settings)
+    while settings.gc_interval_seconds > 0:
+        await asyncio.sleep(settings.gc_interval_seconds)
+        await collect_garbage(storage, settings)
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
@@ -54,11 +64,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         )
         await storage.open()
         app.state.storage = storage
-        purger = (
-            asyncio.create_task(purge_tombstones_forever(storage, settings))
-            if settings.gc_interval_seconds > 0
-            else None
-        )
+        collector = asyncio.create_task(collect_garbage_forever(storage, settings))
         # Everything alive now (the framework, the routes, the schemas) lives as long as the process:
         # keep it out of the cyclic collector's full passes, which otherwise walk all of it.
         gc.collect()
@@ -66,10 +72,9 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         try:
             yield
         finally:
-            if purger is not None:
-                purger.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await purger
+            collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collector
             app.state.storage = None
             await storage.close()
 

@@ -25,7 +25,9 @@ class Settings(BaseSettings):
         default=24 * 3600, gt=0, description="how long a deleted checkpoint's cursor keeps working"
     )
     gc_interval_seconds: float = Field(
-        default=3600, ge=0, description="how often the server purges old tombstones; 0 never"
+        default=3600,
+        ge=0,
+        description="how often the server purges old tombstones and finishes model deletes cut short; 0: only at start",
     )
     pg_pool_size: int = Field(default=20, ge=1, le=1000)
     pg_connect_timeout: float = Field(default=5.0, gt=0)

@@ -35,6 +35,8 @@ models = sa.Table(
     sa.Column("base_model", sa.Text, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("deleted_at", Timestamp, nullable=True),
+    # Set once a deleted model's rows are all gone; until then a purge finishes the delete.
+    sa.Column("purged_at", Timestamp, nullable=True),
     sa.Index(
         "ux_models_live_name",
         "entity",
@@ -45,6 +47,12 @@ models = sa.Table(
         postgresql_where=sa.text("deleted_at IS NULL"),
     ),
     sa.Index("ix_models_entity_created", "entity", "created_at", "id"),
+    sa.Index(
+        "ix_models_unpurged",
+        "id",
+        sqlite_where=sa.text("deleted_at IS NOT NULL AND purged_at IS NULL"),
+        postgresql_where=sa.text("deleted_at IS NOT NULL AND purged_at IS NULL"),
+    ),
 )
 
 # Clustered on the listing key: SQLite WITHOUT ROWID stores rows in primary-key order.
@@ -83,6 +91,7 @@ expired_cursors = sa.Table(
     sa.Column("model_id", Id, nullable=False),
     sa.Column("purged_at", Timestamp, nullable=False),
     sa.Index("ix_expired_cursors_purged_at", "purged_at"),
+    sa.Index("ix_expired_cursors_model", "model_id"),
     sqlite_with_rowid=False,
 )
 
