@@ -125,3 +125,24 @@ async def test_the_async_client_has_the_same_methods(async_client: AsyncClient) 
     assert best.step == 2
     assert deleted.deleted_count == 1
     assert model_deleted.deleted_checkpoints == 1
+
+
+@pytest.mark.anyio
+async def test_the_async_lists_latest_and_retention(async_client: AsyncClient) -> None:
+    model = await async_client.models.create(project="p", name="async", base_model="b")
+    for step, reward in [(1, 0.9), (2, 0.1), (3, 0.5)]:
+        await async_client.checkpoints.register(model.id, step=step, metrics={"reward": reward})
+
+    first_page = await async_client.checkpoints.list(model.id, limit=2)
+    walked = [c.step async for c in async_client.checkpoints.list(model.id, limit=2)]
+    latest = await async_client.checkpoints.latest(model.id)
+    retention = await async_client.checkpoints.retention(
+        model.id, keep_latest=1, keep_best=("reward", "max", 1)
+    )
+
+    assert [c.step for c in first_page.data] == [1, 2] and first_page.has_more
+    assert walked == [1, 2, 3]
+    assert latest is not None and latest.step == 3
+    assert (retention.kept_steps, retention.deleted_steps) == ([1, 3], [2])
+    assert await async_client.models.get(model.id) == model
+    assert [m.id async for m in async_client.models.list(project="p")] == [model.id]

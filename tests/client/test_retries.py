@@ -10,7 +10,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -30,7 +30,7 @@ from ckpt_registry.client import (
     RateLimitError,
     RetryPolicy,
 )
-from ckpt_registry.client._base import parse_retry_after
+from ckpt_registry.client._base import APIRequest, RequestContent, parse_retry_after
 
 MODEL_ID = "2f1c6f1e-0000-4000-8000-000000000001"
 CHECKPOINT_ID = "2f1c6f1e-0000-4000-8000-000000000002"
@@ -67,17 +67,30 @@ class Reply:
 
 
 class ScriptedServer:
-    """Answers the n-th request with ``script[n]`` (the last reply repeats) and records requests."""
+    """Answers the n-th request with ``script[n]`` (the last reply repeats) and records requests
+    (and their bodies and headers)."""
 
     def __init__(self, script: list[Reply]) -> None:
         self.script = script
         self.requests: list[tuple[str, str]] = []
+        self.bodies: list[bytes] = []
+        self.headers: list[dict[str, str]] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            def read_body(self) -> bytes:
+                if self.headers.get("transfer-encoding", "").lower() != "chunked":
+                    return self.rfile.read(int(self.headers.get("content-length") or 0))
+                body = b""
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+                self.rfile.readline()  # the empty line after the last chunk
+                return body
+
             def answer(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                self.rfile.read(length)
+                server.bodies.append(self.read_body())
+                server.headers.append({k.lower(): v for k, v in self.headers.items()})
                 server.requests.append((self.command, self.path))
                 reply = server.script[min(len(server.requests), len(server.script)) - 1]
                 time.sleep(reply.delay)
@@ -92,7 +105,7 @@ class ScriptedServer:
                     self.end_headers()
                     self.wfile.write(payload)
 
-            do_GET = do_POST = do_PATCH = do_DELETE = answer
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = answer
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -237,6 +250,77 @@ def test_max_retries_zero_sends_once() -> None:
         client.models.get(MODEL_ID)
 
     assert len(server.requests) == 1
+
+
+def raw_upload(body: RequestContent) -> APIRequest[httpx.Response]:
+    """An idempotent request with a raw body, as a file upload will be."""
+    return APIRequest(
+        "PUT",
+        "upload",
+        lambda response: response,
+        idempotent=True,
+        content=body,
+        headers={"Content-Type": "application/octet-stream", "Content-Digest": "sha-256=:x:"},
+    )
+
+
+def one_shot() -> Iterator[bytes]:
+    yield b"first "
+    yield b"second"
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [(Reply(503), InternalServerError), (Reply(200, MODEL, delay=0.3), APITimeoutError)],
+    ids=["503", "timeout"],
+)
+def test_a_body_from_a_one_shot_iterator_is_sent_once(reply: Reply, error: type[Exception]) -> None:
+    with scripted_client([reply], timeout=0.1) as (server, client), pytest.raises(error):
+        client._send(raw_upload(one_shot()))
+
+    assert len(server.requests) == 1
+    assert server.bodies == [b"first second"]
+
+
+@pytest.mark.parametrize("body", [b"first second", [b"first ", b"second"]], ids=["bytes", "list"])
+def test_a_body_that_can_be_sent_again_is_retried_whole(body: RequestContent) -> None:
+    with scripted_client([Reply(503), Reply(503), Reply(200, {})]) as (server, client):
+        response = client._send(raw_upload(body))
+
+    assert response.status_code == 200
+    assert server.bodies == [b"first second"] * 3
+    assert server.headers[-1]["content-digest"] == "sha-256=:x:"
+    assert server.headers[-1]["content-type"] == "application/octet-stream"
+
+
+@pytest.mark.anyio
+async def test_the_async_client_sends_a_one_shot_body_once() -> None:
+    async def async_one_shot() -> AsyncIterator[bytes]:
+        yield b"only once"
+
+    with ScriptedServer([Reply(503)]) as server:
+        async with AsyncClient(api_key="k", base_url=server.url, retry_policy=FAST) as client:
+            with pytest.raises(InternalServerError):
+                await client._send(raw_upload(async_one_shot()))
+
+    assert server.bodies == [b"only once"]
+
+
+def test_a_streamed_response_that_is_retried_is_closed_first() -> None:
+    seen: list[httpx.Response] = []
+    hooks = {"response": [seen.append]}
+    request = APIRequest("GET", "stream", lambda response: response, idempotent=True, stream=True)
+    with (
+        httpx.Client(event_hooks=hooks) as http,
+        scripted_client([Reply(503), Reply(200, MODEL)], http_client=http) as (server, client),
+    ):
+        response = client._send(request)
+
+        assert [r.status_code for r in seen] == [503, 200]
+        assert seen[0].is_closed
+        assert not response.is_closed
+        assert json.loads(response.read()) == MODEL
+        assert len(server.requests) == 2
 
 
 @pytest.mark.anyio

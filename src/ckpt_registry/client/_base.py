@@ -1,7 +1,7 @@
 """What ``Client`` and ``AsyncClient`` share: configuration, request building, retries, errors.
 
-Only the two ``send`` loops differ (one sleeps with ``time``, the other with ``anyio``); every
-decision they make (what to retry, how long to wait, which error to raise) is made here once.
+Each client's ``_send`` only does the I/O (send, read, close, sleep); every decision between
+those steps (what to retry, how long to wait, which error to raise) is made once, by ``Attempts``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import email.utils
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any, Generic, TypeVar
@@ -19,11 +19,23 @@ from urllib.parse import quote
 
 import httpx
 
-from .errors import CkptError
+from .errors import APIConnectionError, APIError, APITimeoutError, CkptError, status_error
 
-__all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "APIRequest", "BaseClient", "RetryPolicy"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_TIMEOUT",
+    "APIRequest",
+    "Attempts",
+    "BaseClient",
+    "RequestContent",
+    "Retry",
+    "RetryPolicy",
+]
 
 T = TypeVar("T")
+
+#: A raw request body: bytes, or chunks of bytes (for bodies too large to hold in memory).
+RequestContent = bytes | Iterable[bytes] | AsyncIterable[bytes]
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -63,7 +75,10 @@ class RetryPolicy:
 class APIRequest(Generic[T]):
     """One call to the API and how to read its answer.
 
-    ``idempotent`` says whether sending it twice is safe, which is what allows a retry.
+    ``idempotent`` says whether sending it twice is safe, which is what allows a retry. The body
+    is ``json``, or ``content`` sent as it is (with its ``Content-Type`` etc. in ``headers``).
+    With ``stream``, ``parse`` gets the response before its body is read and must not read it:
+    whatever ``parse`` returns then owns the open response (it is closed if ``parse`` raises).
     """
 
     method: str
@@ -72,16 +87,22 @@ class APIRequest(Generic[T]):
     idempotent: bool
     params: Mapping[str, str | int | None] | None = None
     json: Any = None
+    content: RequestContent | None = None
+    headers: Mapping[str, str] | None = None
+    stream: bool = False
+
+    def __post_init__(self) -> None:
+        if self.json is not None and self.content is not None:
+            raise ValueError("A request has a json body or a raw content body, not both")
+
+    @property
+    def replayable(self) -> bool:
+        """Whether the body can be sent again: a one-shot iterator (a generator, an open file)
+        is used up by the first attempt, so that attempt is the only one."""
+        return not isinstance(self.content, Iterator | AsyncIterator)
 
     def with_params(self, **params: str | int | None) -> APIRequest[T]:
-        return APIRequest(
-            self.method,
-            self.path,
-            self.parse,
-            self.idempotent,
-            {**(self.params or {}), **params},
-            self.json,
-        )
+        return replace(self, params={**(self.params or {}), **params})
 
 
 def path_segment(value: str) -> str:
@@ -155,29 +176,77 @@ class BaseClient:
             self._url(request.path),
             params=params,
             json=request.json,
-            headers=self._headers,
+            content=request.content,
+            headers={**self._headers, **(request.headers or {})},
             timeout=self.timeout,
         )
 
-    def _retry_delay(
-        self,
-        request: APIRequest[Any],
-        attempt: int,
-        response: httpx.Response | None,
-        started: float,
-    ) -> float | None:
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Wait ``delay`` seconds, then send the request again."""
+
+    delay: float
+
+
+class Attempts(Generic[T]):
+    """Every decision of one API call, and none of its I/O.
+
+    A client's ``_send`` loops: it sends ``next_request()`` and hands what happened to
+    ``answered`` (a response, the body of an error answer read) or ``failed`` (the transport
+    error). Each returns the call's result or a :class:`Retry`, or raises the error to give up with.
+    """
+
+    def __init__(self, client: BaseClient, request: APIRequest[T]) -> None:
+        self._client = client
+        self._request = request
+        self._attempt = 0
+        self._started = time.monotonic()
+
+    def next_request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        return self._client._build_request(http, self._request)
+
+    def answered(self, response: httpx.Response) -> T | Retry:
+        if response.is_success:
+            return self._request.parse(response)
+        return self._retry_or_raise(status_error(response), None, response)
+
+    def failed(self, request: httpx.Request, exc: httpx.TransportError) -> Retry:
+        error = (
+            APITimeoutError(request=request)
+            if isinstance(exc, httpx.TimeoutException)
+            else APIConnectionError(request=request)
+        )
+        return self._retry_or_raise(error, exc, None)
+
+    def _retry_or_raise(
+        self, error: APIError, cause: Exception | None, response: httpx.Response | None
+    ) -> Retry:
+        delay = self._retry_delay(response)
+        if delay is None:
+            raise error from cause
+        self._attempt += 1
+        return Retry(delay)
+
+    def _retry_delay(self, response: httpx.Response | None) -> float | None:
         """Seconds to wait before retrying, or None to give up.
 
         ``response`` is None when the request failed without one (connection error, timeout).
         """
-        if not request.idempotent or attempt >= self.max_retries:
+        request, client = self._request, self._client
+        # Both are needed: a request that is safe to repeat but whose body was a one-shot
+        # iterator cannot be repeated, as the first attempt used the body up.
+        if not (request.idempotent and request.replayable):
+            return None
+        if self._attempt >= client.max_retries:
             return None
         if response is not None and not (
             response.status_code in _RETRY_STATUSES or response.status_code >= 500
         ):
             return None
         retry_after = parse_retry_after(response) if response is not None else None
-        delay = retry_after if retry_after is not None else self.retry_policy.backoff(attempt)
-        if time.monotonic() - started + delay > self.retry_policy.max_total:
+        policy = client.retry_policy
+        delay = retry_after if retry_after is not None else policy.backoff(self._attempt)
+        if time.monotonic() - self._started + delay > policy.max_total:
             return None
         return delay

@@ -9,9 +9,8 @@ from typing import TypeVar
 import anyio
 import httpx
 
-from ._base import DEFAULT_MAX_RETRIES, APIRequest, BaseClient, RetryPolicy
-from .errors import APIConnectionError, APIError, APITimeoutError, status_error
-from .pagination import AsyncCursorPage, CursorPage, ItemT, PageBody
+from ._base import DEFAULT_MAX_RETRIES, APIRequest, Attempts, BaseClient, Retry, RetryPolicy
+from .pagination import AsyncCursorPage, AsyncPaginator, CursorPage, ItemT, PageBody
 from .resources import AsyncCheckpoints, AsyncModels, Checkpoints, Models
 
 __all__ = ["AsyncClient", "Client"]
@@ -74,33 +73,33 @@ class Client(BaseClient):
         self.close()
 
     def _send(self, request: APIRequest[T]) -> T:
-        started = time.monotonic()
-        attempt = 0
+        attempts = Attempts(self, request)
         while True:
-            http_request = self._build_request(self._http, request)
-            response: httpx.Response | None = None
-            error: APIError
-            cause: Exception | None
+            http_request = attempts.next_request(self._http)
             try:
-                response = self._http.send(http_request)
-            except httpx.TimeoutException as exc:
-                error, cause = APITimeoutError(request=http_request), exc
+                response = self._http.send(http_request, stream=request.stream)
+                if not response.is_success:
+                    # An error's detail is in its body: read a streamed one (then close it).
+                    try:
+                        response.read()
+                    finally:
+                        response.close()
             except httpx.TransportError as exc:
-                error, cause = APIConnectionError(request=http_request), exc
+                outcome: T | Retry = attempts.failed(http_request, exc)
             else:
-                if response.is_success:
-                    return request.parse(response)
-                error, cause = status_error(response), None
-            delay = self._retry_delay(request, attempt, response, started)
-            if delay is None:
-                raise error from cause
-            time.sleep(delay)
-            attempt += 1
+                try:
+                    outcome = attempts.answered(response)
+                except BaseException:
+                    response.close()
+                    raise
+            if not isinstance(outcome, Retry):
+                return outcome
+            time.sleep(outcome.delay)
 
-    def _get_page(self, request: APIRequest[PageBody[ItemT]]) -> CursorPage[ItemT]:
+    def _page(self, request: APIRequest[PageBody[ItemT]]) -> CursorPage[ItemT]:
         return CursorPage(
             self._send(request),
-            lambda after: self._get_page(request.with_params(after=after)),
+            lambda after: self._page(request.with_params(after=after)),
         )
 
 
@@ -153,31 +152,35 @@ class AsyncClient(BaseClient):
         await self.close()
 
     async def _send(self, request: APIRequest[T]) -> T:
-        started = time.monotonic()
-        attempt = 0
+        attempts = Attempts(self, request)
         while True:
-            http_request = self._build_request(self._http, request)
-            response: httpx.Response | None = None
-            error: APIError
-            cause: Exception | None
+            http_request = attempts.next_request(self._http)
             try:
-                response = await self._http.send(http_request)
-            except httpx.TimeoutException as exc:
-                error, cause = APITimeoutError(request=http_request), exc
+                response = await self._http.send(http_request, stream=request.stream)
+                if not response.is_success:
+                    try:
+                        await response.aread()
+                    finally:
+                        await response.aclose()
             except httpx.TransportError as exc:
-                error, cause = APIConnectionError(request=http_request), exc
+                outcome: T | Retry = attempts.failed(http_request, exc)
             else:
-                if response.is_success:
-                    return request.parse(response)
-                error, cause = status_error(response), None
-            delay = self._retry_delay(request, attempt, response, started)
-            if delay is None:
-                raise error from cause
-            await anyio.sleep(delay)
-            attempt += 1
+                try:
+                    outcome = attempts.answered(response)
+                except BaseException:
+                    await response.aclose()
+                    raise
+            if not isinstance(outcome, Retry):
+                return outcome
+            await anyio.sleep(outcome.delay)
 
-    async def _get_page(self, request: APIRequest[PageBody[ItemT]]) -> AsyncCursorPage[ItemT]:
-        async def fetch_after(after: str) -> AsyncCursorPage[ItemT]:
-            return await self._get_page(request.with_params(after=after))
+    def _page(self, request: APIRequest[PageBody[ItemT]]) -> AsyncPaginator[ItemT]:
+        """The pages of a list, fetched when awaited or iterated."""
 
-        return AsyncCursorPage(await self._send(request), fetch_after)
+        async def fetch(request: APIRequest[PageBody[ItemT]]) -> AsyncCursorPage[ItemT]:
+            return AsyncCursorPage(
+                await self._send(request),
+                lambda after: fetch(request.with_params(after=after)),
+            )
+
+        return AsyncPaginator(lambda: fetch(request))

@@ -152,7 +152,7 @@ class Checkpoints:
     ) -> CursorPage[Checkpoint]:
         """A page of checkpoints by step (the one after checkpoint ``after``, if given);
         iterating it walks every page after it too."""
-        return self._client._get_page(_list(model_id, order=order, limit=limit, after=after))
+        return self._client._page(_list(model_id, order=order, limit=limit, after=after))
 
     def register(
         self, model_id: str, *, step: int, metrics: Mapping[str, float] | None = None
@@ -205,8 +205,7 @@ class AsyncCheckpoints:
     def list(
         self, model_id: str, *, order: Order = "asc", limit: int = 20, after: str | None = None
     ) -> AsyncPaginator[Checkpoint]:
-        request = _list(model_id, order=order, limit=limit, after=after)
-        return AsyncPaginator(lambda: self._client._get_page(request))
+        return self._client._page(_list(model_id, order=order, limit=limit, after=after))
 
     async def register(
         self, model_id: str, *, step: int, metrics: Mapping[str, float] | None = None

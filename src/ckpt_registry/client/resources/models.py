@@ -99,7 +99,7 @@ class Models:
         after: str | None = None,
     ) -> CursorPage[Model]:
         """The key's entity's models by creation time; iterate the page to walk all of them."""
-        return self._client._get_page(_list(project=project, order=order, limit=limit, after=after))
+        return self._client._page(_list(project=project, order=order, limit=limit, after=after))
 
     def get(self, model_id: str) -> Model:
         return self._client._send(_get(model_id))
@@ -140,8 +140,7 @@ class AsyncModels:
         limit: int = 20,
         after: str | None = None,
     ) -> AsyncPaginator[Model]:
-        request = _list(project=project, order=order, limit=limit, after=after)
-        return AsyncPaginator(lambda: self._client._get_page(request))
+        return self._client._page(_list(project=project, order=order, limit=limit, after=after))
 
     async def get(self, model_id: str) -> Model:
         return await self._client._send(_get(model_id))
