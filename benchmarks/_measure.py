@@ -30,10 +30,12 @@ from ckpt_registry.contract import (
     LIST_LIMIT_MAX,
     MODELS_PATH,
 )
+from ckpt_registry.storage.urls import sqlite_path
 
 LIST_LIMIT = LIST_LIMIT_DEFAULT  # the page wrk asks for, and the limit serves
 WALK_LIMIT = LIST_LIMIT_MAX
 CURSOR_SAMPLE = 10_000
+MIB = 1024 * 1024
 
 
 def list_path(model_id: str) -> str:
@@ -257,6 +259,28 @@ def full_walk(server: Server, data: Dataset) -> Walk:
 
 
 @dataclass
+class WalSizes:
+    """The SQLite write-ahead log's size in bytes around a sustained load."""
+
+    start: int
+    peak: int  # the largest sample, every WAL_SAMPLE_SECONDS during the load
+    end: int  # as the load stopped
+    after: int  # WAL_SETTLE_SECONDS later, the server idle
+    samples: int
+
+
+WAL_SAMPLE_SECONDS = 0.5
+WAL_SETTLE_SECONDS = 2.0
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0  # SQLite removes the WAL when its last connection closes
+
+
+@dataclass
 class Registrations:
     per_second: float
     created: int
@@ -266,6 +290,7 @@ class Registrations:
     seconds: float
     p50_ms: float
     p99_ms: float
+    wal: WalSizes | None  # SQLite only
 
 
 async def register_concurrently(
@@ -339,16 +364,31 @@ def count_through_api(server: Server, data: Dataset, model_id: str) -> int:
 
 
 def registrations(server: Server, data: Dataset, clients: int, duration: float) -> Registrations:
+    """Sustained registrations; on SQLite, the WAL's size sampled through the load and after it."""
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    wal_path = Path(f"{sqlite_path(data.database_url)}-wal") if data.is_sqlite else None
+
+    def read_wal() -> int:
+        return file_size(wal_path) if wal_path else 0
+
+    wal_start = read_wal()
     try:
-        model_id, statuses, seconds, latencies = asyncio.run(
-            register_concurrently(server, data, clients, duration)
-        )
+        with Sampler(read_wal, WAL_SAMPLE_SECONDS) as wal:
+            model_id, statuses, seconds, latencies = asyncio.run(
+                register_concurrently(server, data, clients, duration)
+            )
+            wal_end = read_wal()
     finally:
         asyncio.set_event_loop_policy(None)
+    wal_sizes = None
+    if wal_path:
+        time.sleep(WAL_SETTLE_SECONDS)
+        wal_sizes = WalSizes(
+            wal_start, max([*wal.samples, wal_end]), wal_end, read_wal(), len(wal.samples)
+        )
     created = statuses.pop(201, 0)
     listed = count_through_api(server, data, model_id)
     latencies.sort()
@@ -361,4 +401,5 @@ def registrations(server: Server, data: Dataset, clients: int, duration: float) 
         seconds,
         latencies[len(latencies) // 2] * 1000 if latencies else 0.0,
         latencies[int(len(latencies) * 0.99)] * 1000 if latencies else 0.0,
+        wal_sizes,
     )

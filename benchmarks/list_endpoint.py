@@ -28,6 +28,9 @@ from _common import OUT, log
 from _data import Dataset, build_postgres, build_sqlite
 from _measure import (
     LIST_LIMIT,
+    MIB,
+    WAL_SAMPLE_SECONDS,
+    WAL_SETTLE_SECONDS,
     WALK_LIMIT,
     ListLoad,
     Registrations,
@@ -47,6 +50,7 @@ TARGETS = {
     "deep_first": 1.2,
     "peak_rss_mb": 150.0,
     "registrations": 1500.0,
+    "wal_peak_mib": 64.0,
     "pg_list_ratio": 0.20,
 }
 
@@ -224,6 +228,7 @@ def measure_backend(
         ]
         log(
             f"{label}: registrations, {args.clients} concurrent clients for {args.reg_duration:g} s"
+            + (f", the WAL's size sampled every {WAL_SAMPLE_SECONDS:g} s" if data.is_sqlite else "")
         )
         rows += registration_rows(label, registrations(ours, data, args.clients, args.reg_duration))
     stop(ours.child)
@@ -252,6 +257,28 @@ def registration_rows(label: str, reg: Registrations) -> list[Row]:
             verdict(lost == 0 and not reg.other_statuses),
         ),
     ]
+    if reg.wal is not None:
+        wal = reg.wal
+        log(
+            f"  WAL {wal.start / MIB:.1f} MiB before the load, peak {wal.peak / MIB:.1f} MiB "
+            f"({wal.samples} samples), {wal.end / MIB:.1f} MiB at its end, "
+            f"{wal.after / MIB:.1f} MiB {WAL_SETTLE_SECONDS:g} s later"
+        )
+        rows += [
+            Row(
+                f"{label} WAL peak during the registrations",
+                f"{wal.peak / MIB:,.1f} MiB",
+                f"<= {TARGETS['wal_peak_mib']:g} MiB",
+                verdict(wal.peak <= TARGETS["wal_peak_mib"] * MIB),
+            ),
+            Row(f"{label} WAL as the load stopped", f"{wal.end / MIB:,.1f} MiB", "", ""),
+            Row(
+                f"{label} WAL {WAL_SETTLE_SECONDS:g} s after the load",
+                f"{wal.after / MIB:,.1f} MiB",
+                "",
+                "",
+            ),
+        ]
     return rows
 
 
