@@ -6,53 +6,43 @@ Builds (or reuses, from benchmarks/out/) a model with `--rows` checkpoints, serv
 `ckpt serve`, serves a raw ASGI app returning the same page bytes with the same uvicorn options (the
 limit), loads both alternately with wrk, and prints a table of every figure against its target. What
 each figure means and the last results: docs/performance.md. Needs `wrk` (apt-get install -y wrk).
-Always exits 0 once it has run: it is a benchmark, not a test.
+Always exits 0 once it has run: it is a benchmark, not a test. Its parts: _data.py builds the data,
+_servers.py starts and stops the processes, _measure.py takes each measurement.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import json
 import os
-import random
-import re
 import shutil
 import signal
-import socket
-import sqlite3
 import statistics
-import subprocess
 import sys
-import threading
-import time
 import traceback
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
-import orjson
 
-from ckpt_registry.keys import generate_key, hash_key
-from ckpt_registry.storage.migrate import downgrade, upgrade
-from ckpt_registry.storage.urls import postgres_dsn
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-OUT = HERE / "out"
-VENV_BIN = Path(sys.executable).parent
-HOST = "127.0.0.1"
-LIST_LIMIT = 20
-WALK_LIMIT = 100
-CURSOR_SAMPLE = 10_000
-METRIC_NAMES = ("loss", "accuracy", "reward", "kl", "learning_rate")
-TIMESTAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
-CHECKPOINT_COLUMNS = ("model_id", "step", "id", "metrics", "created_at", "updated_at")
+from _common import OUT, log
+from _data import Dataset, build_postgres, build_sqlite
+from _measure import (
+    LIST_LIMIT,
+    MIB,
+    WAL_SAMPLE_SECONDS,
+    WAL_SETTLE_SECONDS,
+    WALK_LIMIT,
+    ListLoad,
+    Registrations,
+    fetch_page,
+    full_walk,
+    load_list,
+    mean_rps,
+    page_latencies,
+    registrations,
+    sample_cursors,
+)
+from _servers import start_limit, start_ours, stop, stop_children
 
 TARGETS = {
     "list_ratio": 0.35,
@@ -60,786 +50,13 @@ TARGETS = {
     "deep_first": 1.2,
     "peak_rss_mb": 150.0,
     "registrations": 1500.0,
+    "wal_peak_mib": 64.0,
     "pg_list_ratio": 0.20,
 }
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-# Processes ------------------------------------------------------------------------------------
-
-CHILDREN: list[subprocess.Popen[bytes]] = []
-
-
-def spawn(
-    args: list[str],
-    *,
-    log_path: Path | None = None,
-    env: dict[str, str] | None = None,
-    capture: bool = False,
-) -> subprocess.Popen[bytes]:
-    """Start a child in its own process group, remembered so that `stop_children` ends it."""
-    stdout: Any = (
-        subprocess.PIPE if capture else (log_path.open("wb") if log_path else subprocess.DEVNULL)
-    )
-    child = subprocess.Popen(
-        args, stdout=stdout, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
-    )
-    CHILDREN.append(child)
-    return child
-
-
-def stop(child: subprocess.Popen[bytes]) -> None:
-    if child.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGTERM)
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-    if child in CHILDREN:
-        CHILDREN.remove(child)
-
-
-def stop_children() -> None:
-    for child in list(CHILDREN):
-        stop(child)
-
-
 def raise_keyboard_interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until_up(base_url: str, child: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise SystemExit(f"server exited with {child.returncode}; see {log_path}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base_url}/v1/health", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"server at {base_url} did not come up within 60 s; see {log_path}")
-
-
-@dataclass
-class Server:
-    name: str
-    base_url: str
-    child: subprocess.Popen[bytes]
-
-    @property
-    def pid(self) -> int:
-        return self.child.pid
-
-
-def start_ours(name: str, database_url: str) -> Server:
-    port = free_port()
-    log_path = OUT / f"{name}.log"
-    # One worker, so the process we start is the process that serves (its RSS is the server's).
-    child = spawn(
-        [
-            str(VENV_BIN / "ckpt"),
-            "serve",
-            "--database-url",
-            database_url,
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--no-access-log",
-        ],
-        log_path=log_path,
-        env={**os.environ, "CKPT_GC_INTERVAL_SECONDS": "0"},
-    )
-    base_url = f"http://{HOST}:{port}"
-    wait_until_up(base_url, child, log_path)
-    return Server(name, base_url, child)
-
-
-def start_limit(name: str, body_path: Path) -> Server:
-    port = free_port()
-    log_path = OUT / f"{name}.log"
-    # `ckpt serve` runs uvicorn with loop and http "auto", which pick uvloop and httptools when
-    # installed (they are dependencies); name them here so the limit cannot silently differ.
-    child = spawn(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            str(HERE),
-            "limit_app:app",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "info",
-        ],
-        log_path=log_path,
-        env={**os.environ, "CKPT_BENCH_LIMIT_BODY": str(body_path)},
-    )
-    base_url = f"http://{HOST}:{port}"
-    wait_until_up(base_url, child, log_path)
-    return Server(name, base_url, child)
-
-
-# Building the data ----------------------------------------------------------------------------
-
-
-@dataclass
-class Dataset:
-    """A built model: where it lives, its id, a key for it and how many checkpoints it holds."""
-
-    database_url: str
-    model_id: str
-    key: str
-    rows: int
-    build_seconds: float
-    reused: bool = False
-
-
-def metrics_json(rng: random.Random, step: int, rows: int) -> str:
-    progress = step / max(rows, 1)
-    return orjson.dumps(
-        {
-            "loss": 2.5 * (1 - progress) + rng.random() * 0.1,
-            "accuracy": 0.5 + 0.45 * progress + rng.random() * 0.01,
-            "reward": rng.gauss(progress, 0.1),
-            "kl": rng.random() * 0.05,
-            "learning_rate": 3e-4 * (1 - progress),
-        }
-    ).decode()
-
-
-def checkpoint_rows(model_id: str, rows: int) -> Iterator[tuple[str, int, str, str, str, str]]:
-    rng = random.Random(rows)
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    for step in range(rows):
-        stamp = (start + timedelta(seconds=step)).strftime(TIMESTAMP)
-        yield model_id, step, str(uuid.uuid4()), metrics_json(rng, step, rows), stamp, stamp
-
-
-def sidecar_path(name: str) -> Path:
-    return OUT / f"{name}.json"
-
-
-def build_sqlite(rows: int, rebuild: bool) -> Dataset:
-    path = OUT / f"list-{rows}.sqlite"
-    sidecar = sidecar_path(f"list-{rows}.sqlite")
-    database_url = f"sqlite:///{path}"
-    if path.exists() and sidecar.exists() and not rebuild:
-        meta = json.loads(sidecar.read_text())
-        log(f"reusing {path} (built in {meta['build_seconds']:.1f} s; --rebuild to build again)")
-        return Dataset(
-            database_url, meta["model_id"], meta["key"], rows, meta["build_seconds"], True
-        )
-
-    log(f"building {rows:,} checkpoints on SQLite at {path}")
-    began = time.perf_counter()
-    building = path.with_name(path.name + ".building")
-    for stale in (path, building):
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{stale}{suffix}").unlink(missing_ok=True)
-    sidecar.unlink(missing_ok=True)
-    upgrade(f"sqlite:///{building}")
-
-    db = sqlite3.connect(building, isolation_level=None)
-    # Durability is irrelevant while building a benchmark file: no journal, no fsync, a big cache.
-    db.execute("PRAGMA journal_mode = OFF")
-    db.execute("PRAGMA synchronous = OFF")
-    db.execute("PRAGMA cache_size = -1000000")
-    db.execute("PRAGMA temp_store = MEMORY")
-    # Secondary indexes are built once after the load (a sort) instead of row by row (random
-    # inserts into a growing b-tree); their DDL comes from the migrated schema itself.
-    indexes = db.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
-        "AND tbl_name IN ('checkpoints', 'checkpoint_metrics')"
-    ).fetchall()
-    for name, _ in indexes:
-        db.execute(f"DROP INDEX {name}")
-
-    key, model_id, now = generate_key(), str(uuid.uuid4()), datetime.now(UTC).strftime(TIMESTAMP)
-    db.execute("BEGIN")
-    db.execute(
-        "INSERT INTO api_keys (id, entity, name, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-        (str(uuid.uuid4()), "default", "benchmark", hash_key(key), now),
-    )
-    db.execute(
-        "INSERT INTO models (id, entity, project, name, base_model, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (model_id, "default", "benchmarks", f"list-{rows}", "Qwen/Qwen2.5-0.5B-Instruct", now),
-    )
-    db.executemany(
-        f"INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)",
-        checkpoint_rows(model_id, rows),
-    )
-    # One row per (checkpoint, metric), taken from the stored JSON so the two always agree.
-    db.execute(
-        "INSERT INTO checkpoint_metrics (model_id, name, step, value) "
-        "SELECT c.model_id, m.key, c.step, m.value FROM checkpoints c, json_each(c.metrics) m "
-        "WHERE c.model_id = ?",
-        (model_id,),
-    )
-    for _, sql in indexes:
-        db.execute(sql)
-    db.execute("COMMIT")
-    db.execute("PRAGMA journal_mode = WAL")
-    db.close()
-    building.rename(path)
-    seconds = time.perf_counter() - began
-    sidecar.write_text(json.dumps({"model_id": model_id, "key": key, "build_seconds": seconds}))
-    log(f"built {rows:,} checkpoints ({rows * len(METRIC_NAMES):,} metric rows) in {seconds:.1f} s")
-    return Dataset(database_url, model_id, key, rows, seconds)
-
-
-async def ensure_postgres_database(url: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-    from sqlalchemy.engine import make_url
-
-    dsn = postgres_dsn(url)
-    try:
-        conn = await asyncpg.connect(dsn)
-    except asyncpg.InvalidCatalogNameError:
-        name = make_url(url).database
-        admin = await asyncpg.connect(
-            postgres_dsn(
-                make_url(url).set(database="postgres").render_as_string(hide_password=False)
-            )
-        )
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-    else:
-        await conn.close()
-
-
-async def postgres_model_rows(url: str, model_id: str) -> int | None:
-    import asyncpg
-
-    conn = await asyncpg.connect(postgres_dsn(url))
-    try:
-        return int(
-            await conn.fetchval(
-                "SELECT count(*) FROM checkpoints WHERE model_id = $1::uuid", model_id
-            )
-        )
-    except (asyncpg.PostgresError, ValueError):
-        return None
-    finally:
-        await conn.close()
-
-
-async def load_postgres(url: str, rows: int, key: str, model_id: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(postgres_dsn(url))
-    try:
-        now = datetime.now(UTC)
-        async with conn.transaction():
-            await conn.execute(
-                "INSERT INTO api_keys (id, entity, name, key_hash, created_at) "
-                "VALUES ($1::uuid, 'default', 'benchmark', $2, $3)",
-                str(uuid.uuid4()),
-                hash_key(key),
-                now,
-            )
-            await conn.execute(
-                "INSERT INTO models (id, entity, project, name, base_model, created_at) "
-                "VALUES ($1::uuid, 'default', 'benchmarks', $2, 'Qwen/Qwen2.5-0.5B-Instruct', $3)",
-                model_id,
-                f"list-{rows}",
-                now,
-            )
-            start = datetime(2026, 1, 1, tzinfo=UTC)
-            rng = random.Random(rows)
-            records = (
-                (
-                    model_id,
-                    step,
-                    str(uuid.uuid4()),
-                    metrics_json(rng, step, rows),
-                    start + timedelta(seconds=step),
-                    start + timedelta(seconds=step),
-                )
-                for step in range(rows)
-            )
-            await conn.copy_records_to_table(
-                "checkpoints", records=records, columns=CHECKPOINT_COLUMNS
-            )
-            await conn.execute(
-                "INSERT INTO checkpoint_metrics (model_id, name, step, value) "
-                "SELECT c.model_id, m.key, c.step, m.value::float8 "
-                "FROM checkpoints c, jsonb_each_text(c.metrics::jsonb) m WHERE c.model_id = $1::uuid",
-                model_id,
-            )
-        await conn.execute("ANALYZE")
-    finally:
-        await conn.close()
-
-
-def build_postgres(url: str, rows: int, rebuild: bool) -> Dataset:
-    name = re.sub(r"[^A-Za-z0-9]+", "-", url.split("@")[-1]).strip("-")
-    sidecar = sidecar_path(f"list-{rows}.pg-{name}")
-    asyncio.run(ensure_postgres_database(url))
-    if sidecar.exists() and not rebuild:
-        meta = json.loads(sidecar.read_text())
-        if asyncio.run(postgres_model_rows(url, meta["model_id"])) == rows:
-            log(
-                f"reusing the PostgreSQL model {meta['model_id']} ({rows:,} rows; --rebuild to build again)"
-            )
-            return Dataset(url, meta["model_id"], meta["key"], rows, meta["build_seconds"], True)
-    log(
-        f"building {rows:,} checkpoints on PostgreSQL (the benchmark database's tables are recreated)"
-    )
-    began = time.perf_counter()
-    sidecar.unlink(missing_ok=True)
-    downgrade(url, "base")
-    upgrade(url)
-    key, model_id = generate_key(), str(uuid.uuid4())
-    asyncio.run(load_postgres(url, rows, key, model_id))
-    seconds = time.perf_counter() - began
-    sidecar.write_text(json.dumps({"model_id": model_id, "key": key, "build_seconds": seconds}))
-    log(f"built {rows:,} checkpoints on PostgreSQL in {seconds:.1f} s")
-    return Dataset(url, model_id, key, rows, seconds)
-
-
-# Measuring ------------------------------------------------------------------------------------
-
-
-def list_path(model_id: str) -> str:
-    return f"/v1/preview/models/{model_id}/checkpoints"
-
-
-def sample_cursors(server: Server, data: Dataset) -> tuple[Path, str, str]:
-    """A file of real checkpoint ids spread across the model; also the ids of step 0's page and
-    of a checkpoint near the end (cursors for the first and deep pages).
-
-    Only steps that leave a full page after them are sampled, so every loaded page has 20 items,
-    like the limit's.
-    """
-    rng = random.Random(7)
-    top = max(data.rows - LIST_LIMIT - 1, 1)
-    steps = sorted(rng.sample(range(top), min(CURSOR_SAMPLE, top)))
-    ids: list[str] = []
-    deep_id = ""
-    with connect_sync(data) as fetch_ids:
-        ids = fetch_ids(steps)
-        deep_id = fetch_ids([top - 1])[0]
-    path = OUT / f"cursors-{server.name}.txt"
-    path.write_text("\n".join(ids) + "\n")
-    return path, deep_id, ids[0]
-
-
-@contextlib.contextmanager
-def connect_sync(data: Dataset) -> Iterator[Any]:
-    """`ids(steps)`: the checkpoint ids at `steps` of the benchmark model, read from the database."""
-    if data.database_url.startswith("sqlite"):
-        db = sqlite3.connect(data.database_url.removeprefix("sqlite:///"))
-        try:
-
-            def ids(steps: list[int]) -> list[str]:
-                found = dict(
-                    db.execute(
-                        "SELECT step, id FROM checkpoints WHERE model_id = ? AND step IN "
-                        "(SELECT value FROM json_each(?))",
-                        (data.model_id, json.dumps(steps)),
-                    ).fetchall()
-                )
-                return [found[step] for step in steps]
-
-            yield ids
-        finally:
-            db.close()
-    else:
-        import asyncpg
-
-        def ids(steps: list[int]) -> list[str]:
-            async def run() -> list[str]:
-                conn = await asyncpg.connect(postgres_dsn(data.database_url))
-                try:
-                    rows = await conn.fetch(
-                        "SELECT step, id::text FROM checkpoints WHERE model_id = $1::uuid "
-                        "AND step = ANY($2::bigint[])",
-                        data.model_id,
-                        steps,
-                    )
-                finally:
-                    await conn.close()
-                found = {row[0]: row[1] for row in rows}
-                return [found[step] for step in steps]
-
-            return asyncio.run(run())
-
-        yield ids
-
-
-@dataclass
-class WrkResult:
-    requests_per_second: float
-    p50_ms: float
-    p99_ms: float
-    requests: int
-    errors: int  # non-2xx responses plus socket errors
-
-
-UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
-
-
-def parse_wrk(output: str) -> WrkResult:
-    percentiles = {
-        int(match[1]): float(match[2]) * UNIT_MS[match[3]]
-        for match in re.finditer(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.M)
-    }
-    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
-    total = re.search(r"^\s*(\d+) requests in", output, re.M)
-    if rps is None or total is None or set(percentiles) != {50, 99}:
-        raise RuntimeError(f"could not parse wrk's output:\n{output}")
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", output))
-    socket_errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    if socket_errors:
-        errors += sum(int(n) for n in socket_errors.groups())
-    return WrkResult(float(rps[1]), percentiles[50], percentiles[99], int(total[1]), errors)
-
-
-def run_wrk(
-    url: str,
-    *,
-    duration: float,
-    threads: int,
-    connections: int,
-    script: Path | None = None,
-    env: dict[str, str] | None = None,
-    headers: list[str] | None = None,
-    prefix: list[str] | None = None,
-) -> WrkResult:
-    args = [
-        *(prefix or []),
-        "wrk",
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{max(1, round(duration))}s",  # wrk takes whole seconds
-        "--latency",
-        "--timeout",
-        "10s",
-    ]
-    for header in headers or []:
-        args += ["-H", header]
-    if script is not None:
-        args += ["-s", str(script)]
-    child = spawn([*args, url], env={**os.environ, **(env or {})}, capture=True)
-    try:
-        output, _ = child.communicate(timeout=duration + 60)
-    finally:
-        stop(child)
-    return parse_wrk(output.decode())
-
-
-@dataclass
-class ListLoad:
-    ours: list[WrkResult] = field(default_factory=list)
-    limit: list[WrkResult] = field(default_factory=list)
-
-    def ratio(self) -> float:
-        return mean_rps(self.ours) / mean_rps(self.limit)
-
-
-def mean_rps(results: list[WrkResult]) -> float:
-    return statistics.fmean(r.requests_per_second for r in results)
-
-
-def load_list(
-    ours: Server, limit: Server, data: Dataset, cursors: Path, duration: float, rounds: int
-) -> ListLoad:
-    script = HERE / "wrk" / "list.lua"
-    env = {
-        "CKPT_BENCH_PATH": list_path(data.model_id),
-        "CKPT_BENCH_CURSORS": str(cursors),
-        "CKPT_BENCH_KEY": data.key,
-        "CKPT_BENCH_LIMIT": str(LIST_LIMIT),
-    }
-    result = ListLoad()
-    # Warm both (caches, first connections) before anything is recorded.
-    for server in (ours, limit):
-        run_wrk(
-            server.base_url + "/", duration=2, threads=2, connections=32, script=script, env=env
-        )
-    for round_number in range(1, rounds + 1):
-        for server, results in ((ours, result.ours), (limit, result.limit)):
-            measured = run_wrk(
-                server.base_url + "/",
-                duration=duration,
-                threads=2,
-                connections=32,
-                script=script,
-                env=env,
-            )
-            results.append(measured)
-            log(
-                f"  round {round_number} {server.name:<14} {measured.requests_per_second:>9,.0f} req/s  "
-                f"p50 {measured.p50_ms:6.2f} ms  p99 {measured.p99_ms:6.2f} ms  errors {measured.errors}"
-            )
-    return result
-
-
-def page_latencies(
-    ours: Server, data: Dataset, deep_id: str, duration: float, rounds: int = 4
-) -> dict[str, list[float]]:
-    """p50 of sequential requests (one connection) for the first page and a page near the end.
-
-    The server is pinned to CPU 0 and wrk to CPU 1 meanwhile: unpinned, the two migrate between the
-    two cores and a run's p50 varies by 2x, which would drown a depth effect of 10-20%.
-    """
-    urls = {
-        "first": f"{ours.base_url}{list_path(data.model_id)}?limit={LIST_LIMIT}",
-        "deep": f"{ours.base_url}{list_path(data.model_id)}?limit={LIST_LIMIT}&after={deep_id}",
-    }
-    for url in urls.values():  # both must be real, full pages
-        response = httpx.get(url, headers={"Authorization": f"Bearer {data.key}"})
-        response.raise_for_status()
-        assert len(response.json()["data"]) == LIST_LIMIT, response.text[:200]
-    pinned = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
-    affinity = os.sched_getaffinity(ours.pid)
-    prefix = ["taskset", "-c", "1"] if pinned else []
-    if pinned:
-        os.sched_setaffinity(ours.pid, {0})
-    p50s: dict[str, list[float]] = {"first": [], "deep": []}
-    try:
-        for _ in range(rounds):
-            for position, url in urls.items():
-                measured = run_wrk(
-                    url,
-                    duration=duration,
-                    threads=1,
-                    connections=1,
-                    headers=[f"Authorization: Bearer {data.key}"],
-                    prefix=prefix,
-                )
-                p50s[position].append(measured.p50_ms)
-                log(
-                    f"  {position:<5} page p50 {measured.p50_ms * 1000:7.0f} us  "
-                    f"({measured.requests_per_second:,.0f} req/s sequential, errors {measured.errors})"
-                )
-    finally:
-        os.sched_setaffinity(ours.pid, affinity)
-    return p50s
-
-
-class RssSampler(threading.Thread):
-    """Samples VmRSS of a process every 50 ms; `peak_kb` is the largest sample, `hwm_kb` VmHWM."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.path = Path(f"/proc/{pid}/status")
-        self.peak_kb = 0
-        self.hwm_kb = 0
-        self.samples = 0
-        self.halt = threading.Event()
-
-    def read(self) -> None:
-        fields = dict(
-            line.split(":", 1)
-            for line in self.path.read_text().splitlines()
-            if line.startswith("Vm")
-        )
-        self.peak_kb = max(self.peak_kb, int(fields["VmRSS"].split()[0]))
-        self.hwm_kb = int(fields["VmHWM"].split()[0])
-        self.samples += 1
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            with contextlib.suppress(OSError):
-                self.read()
-            self.halt.wait(0.05)
-
-
-@dataclass
-class Walk:
-    seconds: float
-    count: int
-    pages: int
-    peak_rss_mb: float
-    hwm_mb: float
-    start_rss_mb: float
-    ordered: bool
-
-
-def full_walk(server: Server, data: Dataset) -> Walk:
-    sampler = RssSampler(server.pid)
-    sampler.read()
-    start_rss = sampler.peak_kb
-    sampler.start()
-    url = f"{server.base_url}{list_path(data.model_id)}"
-    count, pages, last_step, ordered = 0, 0, -1, True
-    began = time.perf_counter()
-    try:
-        with httpx.Client(headers={"Authorization": f"Bearer {data.key}"}, timeout=30) as client:
-            params: dict[str, Any] = {"limit": WALK_LIMIT, "order": "asc"}
-            while True:
-                response = client.get(url, params=params)
-                response.raise_for_status()
-                page = orjson.loads(response.content)
-                pages += 1
-                items = page["data"]
-                count += len(items)
-                if items:
-                    ordered = ordered and items[0]["step"] > last_step
-                    last_step = items[-1]["step"]
-                if not page["has_more"] or not items:
-                    break
-                params["after"] = items[-1]["id"]
-        seconds = time.perf_counter() - began
-    finally:
-        sampler.halt.set()
-        sampler.join()
-    return Walk(
-        seconds,
-        count,
-        pages,
-        sampler.peak_kb / 1024,
-        sampler.hwm_kb / 1024,
-        start_rss / 1024,
-        ordered,
-    )
-
-
-@dataclass
-class Registrations:
-    per_second: float
-    created: int
-    other_statuses: dict[int, int]
-    listed: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-
-
-async def register_concurrently(
-    server: Server, data: Dataset, clients: int, duration: float
-) -> tuple[str, dict[int, int], float, list[float]]:
-    """POST unique steps to a fresh model from `clients` keep-alive connections for `duration`.
-
-    A minimal HTTP/1.1 client on asyncio streams: the load generator shares the machine's two cores
-    with the server, and a full HTTP client would cost more CPU than the server's own handler. Each
-    connection waits for its answer before sending the next request, and stops only between
-    requests, so every request sent has its response counted.
-    """
-    headers = {"Authorization": f"Bearer {data.key}"}
-    async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as client:
-        response = await client.post(
-            "/v1/preview/models",
-            json={
-                "project": "benchmarks",
-                "name": f"registrations-{uuid.uuid4()}",
-                "base_model": "Qwen/Qwen2.5-0.5B-Instruct",
-            },
-        )
-        response.raise_for_status()
-        model_id = response.json()["id"]
-    path = list_path(model_id)
-    statuses: dict[int, int] = {}
-    latencies: list[float] = []
-    steps = iter(range(10**12))
-    rng = random.Random(3)
-    deadline = 0.0
-
-    async def client_loop() -> None:
-        reader, writer = await asyncio.open_connection(HOST, int(server.base_url.rsplit(":", 1)[1]))
-        try:
-            while time.perf_counter() < deadline:
-                body = orjson.dumps(
-                    {"step": next(steps), "metrics": {name: rng.random() for name in METRIC_NAMES}}
-                )
-                request = (
-                    f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {data.key}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-                ).encode() + body
-                sent = time.perf_counter()
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head.split(b" ", 2)[1])
-                length = int(re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)[1])  # type: ignore[index]
-                await reader.readexactly(length)
-                latencies.append(time.perf_counter() - sent)
-                statuses[status] = statuses.get(status, 0) + 1
-        finally:
-            writer.close()
-
-    deadline = time.perf_counter() + duration
-    began = time.perf_counter()
-    await asyncio.gather(*(client_loop() for _ in range(clients)))
-    return model_id, statuses, time.perf_counter() - began, latencies
-
-
-def count_through_api(server: Server, data: Dataset, model_id: str) -> int:
-    count = 0
-    url = f"{server.base_url}{list_path(model_id)}"
-    with httpx.Client(headers={"Authorization": f"Bearer {data.key}"}, timeout=30) as client:
-        params: dict[str, Any] = {"limit": 100}
-        while True:
-            page = client.get(url, params=params).raise_for_status().json()
-            count += len(page["data"])
-            if not page["has_more"] or not page["data"]:
-                return count
-            params["after"] = page["data"][-1]["id"]
-
-
-def registrations(server: Server, data: Dataset, clients: int, duration: float) -> Registrations:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    model_id, statuses, seconds, latencies = asyncio.run(
-        register_concurrently(server, data, clients, duration)
-    )
-    asyncio.set_event_loop_policy(None)
-    created = statuses.pop(201, 0)
-    listed = count_through_api(server, data, model_id)
-    latencies.sort()
-    return Registrations(
-        created / seconds,
-        created,
-        statuses,
-        listed,
-        seconds,
-        latencies[len(latencies) // 2] * 1000 if latencies else 0.0,
-        latencies[int(len(latencies) * 0.99)] * 1000 if latencies else 0.0,
-    )
-
-
-def fetch_page(server: Server, data: Dataset, after: str) -> bytes:
-    response = httpx.get(
-        f"{server.base_url}{list_path(data.model_id)}",
-        params={"limit": LIST_LIMIT, "after": after},
-        headers={"Authorization": f"Bearer {data.key}"},
-    )
-    response.raise_for_status()
-    body = response.content
-    assert len(orjson.loads(body)["data"]) == LIST_LIMIT
-    return body
 
 
 # The run --------------------------------------------------------------------------------------
@@ -1011,29 +228,57 @@ def measure_backend(
         ]
         log(
             f"{label}: registrations, {args.clients} concurrent clients for {args.reg_duration:g} s"
+            + (f", the WAL's size sampled every {WAL_SAMPLE_SECONDS:g} s" if data.is_sqlite else "")
         )
-        reg = registrations(ours, data, args.clients, args.reg_duration)
-        lost = reg.created - reg.listed
+        rows += registration_rows(label, registrations(ours, data, args.clients, args.reg_duration))
+    stop(ours.child)
+    return rows
+
+
+def registration_rows(label: str, reg: Registrations) -> list[Row]:
+    lost = reg.created - reg.listed
+    log(
+        f"  {reg.created:,} created (201) in {reg.seconds:.1f} s = {reg.per_second:,.0f}/s, "
+        f"p50 {reg.p50_ms:.2f} ms p99 {reg.p99_ms:.2f} ms, other statuses {reg.other_statuses}, "
+        f"listed through the API {reg.listed:,}"
+    )
+    rows = [
+        Row(
+            f"{label} registrations/s, {reg.clients} clients for {reg.seconds:.0f} s "
+            f"(p99 {reg.p99_ms:.1f} ms)",
+            f"{reg.per_second:,.0f}",
+            f">= {TARGETS['registrations']:,.0f}",
+            verdict(reg.per_second >= TARGETS["registrations"]),
+        ),
+        Row(
+            f"{label} registrations lost (201s {reg.created:,} - listed {reg.listed:,})",
+            f"{lost}",
+            "0, no other status",
+            verdict(lost == 0 and not reg.other_statuses),
+        ),
+    ]
+    if reg.wal is not None:
+        wal = reg.wal
         log(
-            f"  {reg.created:,} created (201) in {reg.seconds:.1f} s = {reg.per_second:,.0f}/s, "
-            f"p50 {reg.p50_ms:.2f} ms p99 {reg.p99_ms:.2f} ms, other statuses {reg.other_statuses}, "
-            f"listed through the API {reg.listed:,}"
+            f"  WAL {wal.start / MIB:.1f} MiB before the load, peak {wal.peak / MIB:.1f} MiB "
+            f"({wal.samples} samples), {wal.end / MIB:.1f} MiB at its end, "
+            f"{wal.after / MIB:.1f} MiB {WAL_SETTLE_SECONDS:g} s later"
         )
         rows += [
             Row(
-                f"{label} registrations/s, {args.clients} clients (p99 {reg.p99_ms:.1f} ms)",
-                f"{reg.per_second:,.0f}",
-                f">= {TARGETS['registrations']:,.0f}",
-                verdict(reg.per_second >= TARGETS["registrations"]),
+                f"{label} WAL peak during the registrations",
+                f"{wal.peak / MIB:,.1f} MiB",
+                f"<= {TARGETS['wal_peak_mib']:g} MiB",
+                verdict(wal.peak <= TARGETS["wal_peak_mib"] * MIB),
             ),
+            Row(f"{label} WAL as the load stopped", f"{wal.end / MIB:,.1f} MiB", "", ""),
             Row(
-                f"{label} registrations lost (201s {reg.created:,} - listed {reg.listed:,})",
-                f"{lost}",
-                "0, no other status",
-                verdict(lost == 0 and not reg.other_statuses),
+                f"{label} WAL {WAL_SETTLE_SECONDS:g} s after the load",
+                f"{wal.after / MIB:,.1f} MiB",
+                "",
+                "",
             ),
         ]
-    stop(ours.child)
     return rows
 
 
