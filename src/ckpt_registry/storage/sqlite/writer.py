@@ -137,22 +137,28 @@ class Writer:
         db = self._db
         assert db is not None
         outcomes: list[tuple[bool, Any]] = []
+        # A job alone in its transaction needs no savepoint: a failure rolls the transaction back.
+        savepoints = len(group) > 1
         try:
             db.execute("BEGIN IMMEDIATE")
             for pending in group:
-                db.execute("SAVEPOINT job")
+                if savepoints:
+                    db.execute("SAVEPOINT job")
                 try:
                     result = pending.job(db)
                 except Exception as exc:
                     if not db.in_transaction:
                         raise  # SQLite rolled back the whole group (a full disk, an I/O error)
-                    db.execute("ROLLBACK TO job")
-                    db.execute("RELEASE job")
+                    db.execute("ROLLBACK TO job" if savepoints else "ROLLBACK")
+                    if savepoints:
+                        db.execute("RELEASE job")
                     outcomes.append((False, self._mapped(exc)))
                 else:
-                    db.execute("RELEASE job")
+                    if savepoints:
+                        db.execute("RELEASE job")
                     outcomes.append((True, result))
-            db.execute("COMMIT")
+            if db.in_transaction:
+                db.execute("COMMIT")
         except Exception as exc:
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
