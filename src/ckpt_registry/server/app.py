@@ -26,6 +26,8 @@ from .settings import Settings
 
 log = logging.getLogger("ckpt_registry")
 
+ROUTERS = (models.router, checkpoints.router, service.router)
+
 
 async def purge_tombstones_forever(storage: Storage, settings: Settings) -> None:
     while True:
@@ -83,7 +85,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     api.state.storage = None
     api.state.settings = settings
     install_error_handlers(api)
-    for router in (models.router, checkpoints.router, service.router):
+    for router in ROUTERS:
         api.include_router(router)
     install_openapi(api)
     return stacked(asgi_layers(api, settings), api)
@@ -92,7 +94,10 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
 def asgi_layers(api: FastAPI, settings: Settings) -> list[Layer]:
     """The bare ASGI layers in front of the FastAPI app, outermost (first to see a request) first."""
     storage: Callable[[], Storage | None] = lambda: api.state.storage  # noqa: E731
-    limits = BodyLimits(api.routes, default=BodyLimit(settings.max_body_bytes))
+    # The routes as the routers declare them, full paths included: recent FastAPI versions keep
+    # included routers wrapped in `app.routes`.
+    routes = [route for router in ROUTERS for route in router.routes]
+    limits = BodyLimits(routes, default=BodyLimit(settings.max_body_bytes))
     register = RegisterCheckpointFastPath
     register_limit = limits.for_route(register.method, register.route.template)
     return [
