@@ -31,12 +31,13 @@ class PathTemplate:
         self.parameter, close, self.suffix = rest.partition("}")
         if not (brace and close and self.parameter) or "{" in self.suffix or ":" in self.parameter:
             raise ValueError(f"{template!r} is not a path with one plain {{parameter}}")
+        self.start, self.stop = len(self.prefix), -len(self.suffix) or None
 
     def match(self, path: str) -> str | None:
         """The parameter's value in `path`, or None when `path` is not this template's."""
         if not (path.startswith(self.prefix) and path.endswith(self.suffix)):
             return None
-        value = path[len(self.prefix) : len(path) - len(self.suffix)]
+        value = path[self.start : self.stop]
         return value if value and "/" not in value else None
 
 
