@@ -6,7 +6,7 @@ benchmarks import them, so a limit or a prefix cannot change in one place and si
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal, get_args
 
 # Steps are PostgreSQL bigints: 0 .. 2^63 - 1 (section 5).
 MAX_STEP: Final = 2**63 - 1
@@ -25,7 +25,9 @@ MAX_DELETE_STEPS: Final = 10_000
 LIST_LIMIT_MIN: Final = 1
 LIST_LIMIT_MAX: Final = 100
 LIST_LIMIT_DEFAULT: Final = 20
-LIST_ORDER_DEFAULT: Final = "asc"
+Order = Literal["asc", "desc"]
+LIST_ORDERS: Final[tuple[Order, ...]] = get_args(Order)
+LIST_ORDER_DEFAULT: Final[Order] = "asc"
 
 # JSON request bodies over this many bytes are refused with 413 (section 5).
 MAX_JSON_BODY_BYTES: Final = 1024 * 1024

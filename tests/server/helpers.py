@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
 from ckpt_registry.keys import generate_key, hash_key
 from ckpt_registry.storage import open_storage
@@ -185,3 +186,12 @@ def add_key_with_id(database_url: str, entity: str = "default") -> tuple[str, st
 
 def revoke_key(database_url: str, key_id: str) -> None:
     _run_storage(database_url, lambda storage: storage.revoke_key(key_id))
+
+
+def unstacked(app: Any) -> tuple[list[Any], FastAPI]:
+    """The ASGI layers `create_app` put in front of the FastAPI app (outermost first), and the app."""
+    layers: list[Any] = []
+    while not isinstance(app, FastAPI):
+        layers.append(app)
+        app = app.app
+    return layers, app

@@ -10,6 +10,13 @@ import click
 
 from ..client import Client
 from ..client.resources.checkpoints import KeepBest
+from ..contract import (
+    LIST_LIMIT_DEFAULT,
+    LIST_LIMIT_MAX,
+    LIST_LIMIT_MIN,
+    LIST_ORDER_DEFAULT,
+    LIST_ORDERS,
+)
 from .output import (
     APIGroup,
     Format,
@@ -23,7 +30,7 @@ from .output import (
 
 __all__ = ["checkpoints", "parse_keep_best", "parse_metrics"]
 
-ORDER = click.Choice(["asc", "desc"])
+ORDER = click.Choice(LIST_ORDERS)
 
 
 @click.group(
@@ -87,9 +94,13 @@ Examples:
   ckpt checkpoints list 0b9e6c1e-... --all --ndjson > checkpoints.ndjson""",
 )
 @click.argument("model_id")
-@click.option("--order", type=ORDER, default="asc", show_default=True, help="By step.")
+@click.option("--order", type=ORDER, default=LIST_ORDER_DEFAULT, show_default=True, help="By step.")
 @click.option(
-    "--limit", type=click.IntRange(1, 100), default=20, show_default=True, help="Per page."
+    "--limit",
+    type=click.IntRange(LIST_LIMIT_MIN, LIST_LIMIT_MAX),
+    default=LIST_LIMIT_DEFAULT,
+    show_default=True,
+    help="Per page.",
 )
 @click.option("--after", help="Start after this checkpoint id (from a previous page).")
 @click.option("--all", "every_page", is_flag=True, help="Stream every page, not just one.")

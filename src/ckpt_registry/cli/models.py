@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ..client import Client
+from ..contract import LIST_LIMIT_MAX, LIST_LIMIT_MIN, LIST_ORDER_DEFAULT, LIST_ORDERS
 from .output import (
     APIGroup,
     Format,
@@ -69,11 +70,13 @@ def create_model(
     epilog="Example: ckpt models list --project rl --order desc --ndjson",
 )
 @click.option("--project", help="Only this project's models.")
-@click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True)
+@click.option(
+    "--order", type=click.Choice(LIST_ORDERS), default=LIST_ORDER_DEFAULT, show_default=True
+)
 @click.option(
     "--limit",
-    type=click.IntRange(1, 100),
-    default=100,
+    type=click.IntRange(LIST_LIMIT_MIN, LIST_LIMIT_MAX),
+    default=LIST_LIMIT_MAX,
     show_default=True,
     help="Models per request.",
 )

@@ -1,19 +1,44 @@
-"""Small pieces shared by the bare ASGI handlers in front of the FastAPI app (fast paths, limits)."""
+"""Small pieces shared by the bare ASGI layers in front of the FastAPI app (fast paths, body limits):
+the stack they form, path matching, header reading and JSON answers."""
 
 from __future__ import annotations
 
-from starlette.types import Message, Receive, Scope, Send
+from collections.abc import Callable, Sequence
 
-CHECKPOINTS_PREFIX = "/v1/preview/models/"
-CHECKPOINTS_SUFFIX = "/checkpoints"
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# A layer wraps the app behind it: `layer(app)` is the ASGI app the requests reach first.
+Layer = Callable[[ASGIApp], ASGIApp]
 
 
-def checkpoints_model_id(path: str) -> str | None:
-    """The model id in `/v1/preview/models/{model_id}/checkpoints`, or None for any other path."""
-    if not (path.startswith(CHECKPOINTS_PREFIX) and path.endswith(CHECKPOINTS_SUFFIX)):
-        return None
-    model_id = path[len(CHECKPOINTS_PREFIX) : -len(CHECKPOINTS_SUFFIX)]
-    return model_id if model_id and "/" not in model_id else None
+def stacked(layers: Sequence[Layer], app: ASGIApp) -> ASGIApp:
+    """`layers[0](layers[1](... layers[-1](app)))`: the first layer sees every request first."""
+    for layer in reversed(layers):
+        app = layer(app)
+    return app
+
+
+class PathTemplate:
+    """A route path with one `{parameter}` segment, such as `contract.CHECKPOINTS_PATH`.
+
+    A fast path matches its route's own template string by prefix and suffix (no regex, no routing
+    table), the way Starlette's `{name}` matches: one non-empty segment without `/`.
+    """
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self.prefix, brace, rest = template.partition("{")
+        self.parameter, close, self.suffix = rest.partition("}")
+        if not (brace and close and self.parameter) or "{" in self.suffix or ":" in self.parameter:
+            raise ValueError(f"{template!r} is not a path with one plain {{parameter}}")
+        self.start, self.stop = len(self.prefix), -len(self.suffix) or None
+
+    def match(self, path: str) -> str | None:
+        """The parameter's value in `path`, or None when `path` is not this template's."""
+        if not (path.startswith(self.prefix) and path.endswith(self.suffix)):
+            return None
+        value = path[self.start : self.stop]
+        return value if value and "/" not in value else None
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -32,15 +57,15 @@ async def send_json(send: Send, status: int, body: bytes, *, close: bool = False
     await send({"type": "http.response.body", "body": body})
 
 
-def replaying(message: Message, receive: Receive) -> Receive:
-    """A `receive` that first yields the already-read request `message`, then the real ones."""
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that first yields the already-read request body, whole, then the real messages."""
     replayed = False
 
     async def replay() -> Message:
         nonlocal replayed
         if not replayed:
             replayed = True
-            return message
+            return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
     return replay

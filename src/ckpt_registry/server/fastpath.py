@@ -15,21 +15,35 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..storage.base import Order, Storage
+from ..contract import (
+    CHECKPOINTS_PATH,
+    LIST_LIMIT_DEFAULT,
+    LIST_LIMIT_MAX,
+    LIST_LIMIT_MIN,
+    LIST_ORDER_DEFAULT,
+    LIST_ORDERS,
+    Order,
+)
+from ..storage.base import Storage
 from ..storage.errors import DatabaseUnavailable, StorageError
-from .asgi import checkpoints_model_id, header, send_json
+from .asgi import PathTemplate, header, send_json
 from .auth import AuthenticationFailed, entity_for_authorization
 from .errors import storage_error_response
 from .responses import checkpoint_page_body
 
 
 class ListCheckpointsFastPath:
+    # The route it shadows, by the router's own template (tests/server/test_fast_paths.py holds
+    # the two together).
+    method = "GET"
+    route = PathTemplate(CHECKPOINTS_PATH)
+
     def __init__(self, app: ASGIApp, storage: Callable[[], Storage | None]) -> None:
         self.app = app
         self.storage = storage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
+        if scope["type"] == "http" and scope["method"] == self.method:
             try:
                 body = await self.page(scope)
             except DatabaseUnavailable as exc:
@@ -43,7 +57,7 @@ class ListCheckpointsFastPath:
 
     async def page(self, scope: Scope) -> bytes | None:
         """The page's body, or None when the full route should answer this request."""
-        model_id = checkpoints_model_id(scope["path"])
+        model_id = self.route.match(scope["path"])
         storage = self.storage()
         if model_id is None or storage is None:
             return None
@@ -66,10 +80,15 @@ class ListCheckpointsFastPath:
         return checkpoint_page_body(page)
 
 
+# The query's text to the `Order` it names (a lookup that also narrows the type).
+ORDERS: dict[str, Order] = {order: order for order in LIST_ORDERS}
+
+
 def parse_query(query_string: bytes) -> tuple[str | None, int, Order] | None:
     """`(after, limit, order)` when every parameter is plainly valid, else None."""
     after: str | None = None
-    limit, order = 20, "asc"
+    limit: int = LIST_LIMIT_DEFAULT
+    order: Order = LIST_ORDER_DEFAULT
     seen: set[str] = set()
     text = query_string.decode("latin-1")
     # Plain `name=value&...` (what clients send for a uuid cursor) splits without `parse_qsl`.
@@ -85,11 +104,15 @@ def parse_query(query_string: bytes) -> tuple[str | None, int, Order] | None:
         if name == "after":
             after = value
         elif name == "limit":
-            if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 100):
+            if not (
+                value.isascii()
+                and value.isdigit()
+                and LIST_LIMIT_MIN <= int(value) <= LIST_LIMIT_MAX
+            ):
                 return None
             limit = int(value)
         elif name == "order":
-            if value not in ("asc", "desc"):
+            if value not in ORDERS:
                 return None
-            order = value
-    return after, limit, "asc" if order == "asc" else "desc"
+            order = ORDERS[value]
+    return after, limit, order

@@ -4,7 +4,8 @@ Trainers register a checkpoint after every step, and FastAPI's request handling 
 solving, pydantic validation) cost more than the database write. This handler accepts only bodies
 that are plainly valid (a conservative subset of `CheckpointCreate`); anything else, and every error,
 is handed to the FastAPI route with the body replayed, which answers with the contract's exact error;
-an outage is answered here (503), as on the list fast path.
+an outage is answered here (503), as on the list fast path. It reads the body itself, whole and within
+its route's limit (413 over it), so it assumes nothing about the layers in front of it.
 """
 
 from __future__ import annotations
@@ -16,32 +17,43 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..contract import CHECKPOINTS_PATH, MAX_METRICS, MAX_NAME_LENGTH, MAX_STEP
 from ..storage.base import Storage
-from ..storage.errors import MAX_METRICS, DatabaseUnavailable, StorageError
-from .asgi import checkpoints_model_id, header, replaying, send_json
+from ..storage.errors import DatabaseUnavailable, StorageError
+from .asgi import PathTemplate, header, replaying, send_json
 from .auth import AuthenticationFailed, entity_for_authorization
 from .errors import storage_error_response
+from .limits import BodyLimit, read_body
 from .responses import checkpoint_detail
-from .schemas import MAX_STEP
 
 
 class RegisterCheckpointFastPath:
-    def __init__(self, app: ASGIApp, storage: Callable[[], Storage | None]) -> None:
+    # The route it shadows, by the router's own template (tests/server/test_fast_paths.py holds
+    # the two together).
+    method = "POST"
+    route = PathTemplate(CHECKPOINTS_PATH)
+
+    def __init__(
+        self, app: ASGIApp, storage: Callable[[], Storage | None], body_limit: BodyLimit
+    ) -> None:
+        if body_limit.max_bytes is None:
+            raise ValueError("registration reads a JSON body: its route needs a bounded body limit")
         self.app = app
         self.storage = storage
+        self.max_bytes = body_limit.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != self.method:
             await self.app(scope, receive, send)
             return
-        model_id = checkpoints_model_id(scope["path"])
+        model_id = self.route.match(scope["path"])
         storage = self.storage()
         if model_id is None or storage is None:
             await self.app(scope, receive, send)
             return
-        # BodySizeLimit (outside us) has read the whole body: it arrives as one message.
-        message = await receive()
-        body = message.get("body", b"")
+        body = await read_body(scope, receive, send, self.max_bytes)
+        if body is None:  # over the limit (answered 413) or the client left
+            return
         try:
             answered = await self.register(scope, storage, model_id, body, send)
         except DatabaseUnavailable as exc:
@@ -49,7 +61,7 @@ class RegisterCheckpointFastPath:
             await storage_error_response(exc)(scope, receive, send)
             return
         if not answered:
-            await self.app(scope, replaying(message, receive), send)
+            await self.app(scope, replaying(body, receive), send)
 
     async def register(
         self, scope: Scope, storage: Storage, model_id: str, body: bytes, send: Send
@@ -91,7 +103,7 @@ def plain_registration(body: bytes) -> tuple[int, dict[str, float]] | None:
         return None
     values: dict[str, float] = {}
     for name, value in metrics.items():
-        if not 1 <= len(name) <= 256 or "\x00" in name or not _utf8(name):
+        if not 1 <= len(name) <= MAX_NAME_LENGTH or "\x00" in name or not _utf8(name):
             return None
         if type(value) is float:
             if not math.isfinite(value):

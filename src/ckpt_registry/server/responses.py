@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from ..contract import TIMESTAMP_FORMAT
 from ..storage.base import Checkpoint, CheckpointPage, Model, ModelPage
 
 
@@ -18,7 +19,7 @@ class JSONBytes(Response):
 
 
 def timestamp(moment: Any) -> str:
-    return str(moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    return str(moment.strftime(TIMESTAMP_FORMAT))
 
 
 def checkpoint_page_body(page: CheckpointPage) -> bytes:

@@ -12,10 +12,13 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field, StrictBool, StrictInt, StringConstraints
 
-from ..storage.errors import MAX_METRICS
-
-MAX_STEP = 2**63 - 1
-MAX_DELETE_STEPS = 10_000
+from ..contract import (
+    MAX_BASE_MODEL_LENGTH,
+    MAX_DELETE_STEPS,
+    MAX_METRICS,
+    MAX_NAME_LENGTH,
+    MAX_STEP,
+)
 
 Step = Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]
 
@@ -33,8 +36,8 @@ def _storable(text: str) -> str:
 
 
 Storable = AfterValidator(_storable)
-MetricName = Annotated[str, StringConstraints(min_length=1, max_length=256), Storable]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=256), Storable]
+MetricName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH), Storable]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH), Storable]
 
 
 def _finite(value: float) -> float:
@@ -77,7 +80,9 @@ class ModelCreate(BaseModel):
     entity: Name | None = None
     project: Name
     name: Name
-    base_model: Annotated[str, StringConstraints(min_length=1, max_length=512), Storable]
+    base_model: Annotated[
+        str, StringConstraints(min_length=1, max_length=MAX_BASE_MODEL_LENGTH), Storable
+    ]
     return_existing: StrictBool = False
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ..contract import MAX_JSON_BODY_BYTES
 from ..storage.urls import backend_of
-
-MIB = 1024 * 1024
 
 
 class Settings(BaseSettings):
@@ -20,7 +19,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
-    max_body_bytes: int = Field(default=MIB, ge=1024)
+    max_body_bytes: int = Field(
+        default=MAX_JSON_BODY_BYTES, ge=1024, description="the largest JSON request body; 413 above"
+    )
     tombstone_ttl_seconds: float = Field(
         default=24 * 3600, gt=0, description="how long a deleted checkpoint's cursor keeps working"
     )

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from ...contract import LIST_LIMIT_DEFAULT, LIST_ORDER_DEFAULT
 from .._base import APIRequest, path_segment
 from ..pagination import AsyncPaginator, CursorPage, PageBody
 from ..types import (
@@ -148,7 +149,12 @@ class Checkpoints:
         self._client = client
 
     def list(
-        self, model_id: str, *, order: Order = "asc", limit: int = 20, after: str | None = None
+        self,
+        model_id: str,
+        *,
+        order: Order = LIST_ORDER_DEFAULT,
+        limit: int = LIST_LIMIT_DEFAULT,
+        after: str | None = None,
     ) -> CursorPage[Checkpoint]:
         """A page of checkpoints by step (the one after checkpoint ``after``, if given);
         iterating it walks every page after it too."""
@@ -203,7 +209,12 @@ class AsyncCheckpoints:
         self._client = client
 
     def list(
-        self, model_id: str, *, order: Order = "asc", limit: int = 20, after: str | None = None
+        self,
+        model_id: str,
+        *,
+        order: Order = LIST_ORDER_DEFAULT,
+        limit: int = LIST_LIMIT_DEFAULT,
+        after: str | None = None,
     ) -> AsyncPaginator[Checkpoint]:
         return self._client._page(_list(model_id, order=order, limit=limit, after=after))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ...contract import LIST_LIMIT_DEFAULT, LIST_ORDER_DEFAULT
 from .._base import APIRequest, path_segment
 from ..pagination import AsyncPaginator, CursorPage, PageBody
 from ..types import Model, ModelDeleted, Order
@@ -94,8 +95,8 @@ class Models:
         self,
         *,
         project: str | None = None,
-        order: Order = "asc",
-        limit: int = 20,
+        order: Order = LIST_ORDER_DEFAULT,
+        limit: int = LIST_LIMIT_DEFAULT,
         after: str | None = None,
     ) -> CursorPage[Model]:
         """The key's entity's models by creation time; iterate the page to walk all of them."""
@@ -136,8 +137,8 @@ class AsyncModels:
         self,
         *,
         project: str | None = None,
-        order: Order = "asc",
-        limit: int = 20,
+        order: Order = LIST_ORDER_DEFAULT,
+        limit: int = LIST_LIMIT_DEFAULT,
         after: str | None = None,
     ) -> AsyncPaginator[Model]:
         return self._client._page(_list(project=project, order=order, limit=limit, after=after))

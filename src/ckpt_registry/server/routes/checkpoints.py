@@ -8,6 +8,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Query
 from starlette.responses import Response
 
+from ...contract import (
+    CHECKPOINTS_PATH,
+    LIST_LIMIT_DEFAULT,
+    LIST_LIMIT_MAX,
+    LIST_LIMIT_MIN,
+    LIST_ORDER_DEFAULT,
+    Order,
+)
 from ...storage.base import BestRule
 from ..auth import Entity, StorageDep
 from ..responses import JSONBytes, checkpoint_detail, checkpoint_page_body
@@ -26,7 +34,7 @@ from ..schemas import (
     RetentionResponse,
 )
 
-router = APIRouter(prefix="/v1/preview/models/{model_id}/checkpoints", tags=["models"])
+router = APIRouter(prefix=CHECKPOINTS_PATH, tags=["models"])
 
 
 @router.get(
@@ -43,8 +51,11 @@ async def list_model_checkpoints(
         str | None,
         Query(description="Cursor for pagination - ID of the last item from previous page"),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=100, description="Number of items to return")] = 20,
-    order: Annotated[Literal["asc", "desc"], Query(description="Sort order")] = "asc",
+    limit: Annotated[
+        int,
+        Query(ge=LIST_LIMIT_MIN, le=LIST_LIMIT_MAX, description="Number of items to return"),
+    ] = LIST_LIMIT_DEFAULT,
+    order: Annotated[Order, Query(description="Sort order")] = LIST_ORDER_DEFAULT,
 ) -> Response:
     # The same operation is served by `fastpath.py` for well-formed requests; this route answers the
     # rest (every error) and defines the operation's OpenAPI description.

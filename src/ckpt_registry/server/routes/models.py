@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
+from ...contract import (
+    LIST_LIMIT_DEFAULT,
+    LIST_LIMIT_MAX,
+    LIST_LIMIT_MIN,
+    LIST_ORDER_DEFAULT,
+    MODELS_PATH,
+    Order,
+)
 from ..auth import Entity, StorageDep
 from ..errors import Forbidden
 from ..responses import JSONBytes, model_page, model_response
@@ -19,7 +27,7 @@ from ..schemas import (
     PaginatedResponse,
 )
 
-router = APIRouter(prefix="/v1/preview/models", tags=["models"])
+router = APIRouter(prefix=MODELS_PATH, tags=["models"])
 
 
 @router.post(
@@ -54,8 +62,11 @@ async def list_models(
         str | None,
         Query(description="Cursor for pagination - ID of the last item from previous page"),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=100, description="Number of items to return")] = 20,
-    order: Annotated[Literal["asc", "desc"], Query(description="Sort order")] = "asc",
+    limit: Annotated[
+        int,
+        Query(ge=LIST_LIMIT_MIN, le=LIST_LIMIT_MAX, description="Number of items to return"),
+    ] = LIST_LIMIT_DEFAULT,
+    order: Annotated[Order, Query(description="Sort order")] = LIST_ORDER_DEFAULT,
     project: Annotated[str | None, Query(description="Only models of this project")] = None,
 ) -> Response:
     page = await storage.list_models(entity, project=project, after=after, limit=limit, order=order)

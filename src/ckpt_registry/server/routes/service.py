@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from ...contract import API_PREFIX
 from ...storage.errors import DatabaseUnavailable
 from ..auth import StorageDep
 from ..responses import JSONBytes
 from ..schemas import Health, SystemCheck
 
-router = APIRouter(prefix="/v1", tags=["service"])
+router = APIRouter(prefix=API_PREFIX, tags=["service"])
 
 
 @router.get("/health", summary="Health", response_model=Health)
