@@ -18,8 +18,11 @@ STATUS_BY_ERROR: dict[type[storage_errors.StorageError], int] = {
     storage_errors.ModelNotFound: 404,
     storage_errors.CheckpointNotFound: 404,
     storage_errors.MetricNotFound: 404,
+    storage_errors.FileNotFound: 404,
+    storage_errors.UploadNotFound: 404,
     storage_errors.ModelNameTaken: 409,
     storage_errors.StepConflict: 409,
+    storage_errors.FileConflict: 409,
 }
 
 

@@ -8,9 +8,10 @@ Metrics travel as the JSON text the registry stored (`metrics_json`), so the hot
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -62,6 +63,41 @@ class Checkpoint:
     metrics_json: str
     created_at: datetime
     updated_at: datetime
+    files: int = 0  # how many files it holds
+    size_bytes: int = 0  # their sizes added up
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    path: str
+    sha256: str  # lowercase hex
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class FilePage:
+    data: list[FileRecord]
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    entity: str
+    checkpoints: int
+    files: int
+    logical_bytes: int  # every live file's size
+    stored_bytes: int  # each distinct content once
+
+
+@dataclass(frozen=True, slots=True)
+class UploadSession:
+    """A resumable upload in progress; its staged bytes are the blob store's, under the same id."""
+
+    id: str
+    entity: str
+    model_id: str
+    checkpoint_id: str
+    path: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +111,9 @@ class BestRule:
 class RetentionResult:
     kept_steps: list[int]
     deleted_steps: list[int]
+    freed_bytes: int = (
+        0  # stored bytes no live file references any more (the collector removes them)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,3 +253,62 @@ class Storage(Protocol):
 
     async def purge_tombstones(self, older_than: datetime) -> int:
         """Remove tombstones deleted before `older_than`; remember their ids as expired cursors."""
+
+    # Files --------------------------------------------------------------------------------------
+
+    async def require_checkpoint(self, entity: str, model_id: str, checkpoint_id: str) -> None:
+        """`ModelNotFound` / `CheckpointNotFound` unless the checkpoint is live (before an upload)."""
+
+    async def touch_blob(self, sha256: str, size_bytes: int) -> None:
+        """Mark the content as about to be referenced, just before its blob becomes visible: the
+        collector leaves a blob touched within its grace period alone."""
+
+    async def attach_file(
+        self,
+        entity: str,
+        model_id: str,
+        checkpoint_id: str,
+        path: str,
+        sha256: str,
+        size_bytes: int,
+    ) -> tuple[FileRecord, bool]:
+        """Give the checkpoint a file: the new record and True, or the existing one and False when the
+        path holds the same content; `FileConflict` when it holds other content."""
+
+    async def get_file(
+        self, entity: str, model_id: str, checkpoint_id: str, path: str
+    ) -> FileRecord: ...
+
+    async def list_files(
+        self, entity: str, model_id: str, checkpoint_id: str, *, after: str | None, limit: int
+    ) -> FilePage:
+        """The checkpoint's files by path in byte order, strictly after the path `after`."""
+
+    async def delete_file(self, entity: str, model_id: str, checkpoint_id: str, path: str) -> None:
+        """`FileNotFound` when the checkpoint has no file at `path`."""
+
+    async def held_contents(self, entity: str, sha256s: list[str]) -> dict[str, int]:
+        """Of `sha256s`, the contents some live file of the entity holds, with their sizes. Scoped
+        to the entity: no answer says anything about another entity's files."""
+
+    async def usage(self, entity: str) -> Usage: ...
+
+    async def collect_blobs(
+        self, older_than: datetime, remove: Callable[[str], Coroutine[Any, Any, None]]
+    ) -> tuple[int, int]:
+        """Remove blobs no file references and untouched since `older_than`: `remove(sha256)`
+        deletes the object while its row is held, so no upload can start referencing it meanwhile.
+        The number of blobs and bytes removed."""
+
+    async def create_upload(
+        self, entity: str, model_id: str, checkpoint_id: str, path: str
+    ) -> UploadSession: ...
+
+    async def get_upload(self, entity: str, upload_id: str) -> UploadSession:
+        """`UploadNotFound` for an unknown, finished or another entity's upload."""
+
+    async def end_upload(self, upload_id: str) -> None:
+        """Forget an upload (finished or cancelled); idempotent."""
+
+    async def expire_uploads(self, older_than: datetime) -> list[str]:
+        """Forget uploads started before `older_than`; their ids (the caller drops staged bytes)."""

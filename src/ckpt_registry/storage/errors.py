@@ -6,6 +6,9 @@ StorageError
  ├── ModelNotFound            unknown, malformed, deleted or another entity's model (404)
  ├── ModelNameTaken           a live model already has that (entity, project, name) (409)
  ├── CheckpointNotFound       no live checkpoint with that id in the model (404)
+ ├── FileNotFound             the checkpoint has no file at that path (404)
+ ├── FileConflict             the path holds a file with other content (409)
+ ├── UploadNotFound           no upload in progress with that id for the entity (404)
  ├── StepConflict             the step is registered with different metrics (409)
  ├── MetricNotFound           no live checkpoint of the model has the metric (404)
  ├── TooManyMetrics           a merge would leave a checkpoint with over 1,000 metrics (422)
@@ -24,6 +27,8 @@ __all__ = [
     "CheckpointNotFound",
     "CursorExpired",
     "DatabaseUnavailable",
+    "FileConflict",
+    "FileNotFound",
     "InvalidCursor",
     "KeyNotFound",
     "MetricNotFound",
@@ -33,6 +38,7 @@ __all__ = [
     "StorageError",
     "TooManyMetrics",
     "UnstorableText",
+    "UploadNotFound",
 ]
 
 
@@ -70,6 +76,23 @@ class ModelNameTaken(StorageError):
 class CheckpointNotFound(StorageError):
     def __init__(self) -> None:
         super().__init__("Checkpoint not found")
+
+
+class FileNotFound(StorageError):
+    def __init__(self) -> None:
+        super().__init__("File not found")
+
+
+class FileConflict(StorageError):
+    def __init__(self) -> None:
+        super().__init__(
+            "The path already holds a file with other content: delete it first to replace it"
+        )
+
+
+class UploadNotFound(StorageError):
+    def __init__(self) -> None:
+        super().__init__("Upload not found")
 
 
 class StepConflict(StorageError):

@@ -106,3 +106,53 @@ checkpoint_metrics = sa.Table(
     sa.Index("ix_checkpoint_metrics_best", "model_id", "name", "value", "step"),
     sqlite_with_rowid=False,
 )
+
+# Paths sort in byte order (the files list's order): SQLite compares text as bytes; PostgreSQL needs
+# the "C" collation for that.
+Path = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
+
+# Contents the registry holds, by sha256 (lowercase hex). A row exists while its blob may be in the blob
+# store. `touched_at` is set by every upload just before its blob becomes visible, and by every file that
+# starts referencing it: the collector removes only blobs no file references and untouched for a grace
+# period, and removes the object while it holds the row (docs/files.md).
+blobs = sa.Table(
+    "blobs",
+    metadata,
+    sa.Column("sha256", sa.Text, primary_key=True),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("touched_at", Timestamp, nullable=False),
+    sa.Index("ix_blobs_touched_at", "touched_at"),
+    sqlite_with_rowid=False,
+)
+
+# The files of live checkpoints: (checkpoint, path) -> content. `entity` is the model's (it never
+# changes), so "which of these contents does this entity hold" and usage are index reads.
+checkpoint_files = sa.Table(
+    "checkpoint_files",
+    metadata,
+    sa.Column("checkpoint_id", Id, primary_key=True),
+    sa.Column("path", Path, primary_key=True),
+    sa.Column("model_id", Id, nullable=False),
+    sa.Column("entity", sa.Text, nullable=False),
+    sa.Column("sha256", sa.Text, nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Index("ix_checkpoint_files_model", "model_id"),
+    sa.Index("ix_checkpoint_files_entity_sha256", "entity", "sha256"),
+    sa.Index("ix_checkpoint_files_sha256", "sha256"),
+    sqlite_with_rowid=False,
+)
+
+# Resumable uploads in progress: the staged bytes are the blob store's, under the same id.
+uploads = sa.Table(
+    "uploads",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("entity", sa.Text, nullable=False),
+    sa.Column("model_id", Id, nullable=False),
+    sa.Column("checkpoint_id", Id, nullable=False),
+    sa.Column("path", Path, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Index("ix_uploads_created_at", "created_at"),
+    sa.Index("ix_uploads_checkpoint", "checkpoint_id"),
+)

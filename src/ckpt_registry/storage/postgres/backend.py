@@ -5,6 +5,7 @@ pool (`pool.py`)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -16,22 +17,29 @@ from ..base import (
     CheckpointPage,
     CheckpointRow,
     DeleteResult,
+    FilePage,
+    FileRecord,
     Mode,
     Model,
     ModelPage,
     Order,
     RetentionResult,
+    UploadSession,
+    Usage,
     canonical_uuid,
     encode_metrics,
 )
 from ..errors import (
     CheckpointNotFound,
     CursorExpired,
+    FileConflict,
+    FileNotFound,
     InvalidCursor,
     KeyNotFound,
     MetricNotFound,
     ModelNameTaken,
     ModelNotFound,
+    UploadNotFound,
 )
 from ..urls import postgres_dsn
 from .keys import KEYS_CHANNEL, KeyCache
@@ -40,16 +48,21 @@ from .queries import (
     BEST_ONE,
     BEST_STEPS,
     CHECKPOINT_COLUMNS,
+    CHECKPOINT_DETAIL,
     DELETE_METRICS,
     DELETE_STEPS,
+    DROP_FILES,
     KEY_COLUMNS,
+    LIVE_CHECKPOINT,
     LIVE_MODEL,
     LIVE_STEPS,
     LOCK_ALL_STEPS,
     LOCK_STEPS,
     MODEL_COLUMNS,
     PAGE_QUERIES,
+    TOUCH_BLOB,
     UPSERT_METRICS,
+    file_totals,
 )
 
 
@@ -66,7 +79,13 @@ def _model(row: Any) -> Model:
 
 def _checkpoint(row: Any) -> Checkpoint:
     return Checkpoint(
-        str(row["id"]), int(row["step"]), row["metrics"], row["created_at"], row["updated_at"]
+        str(row["id"]),
+        int(row["step"]),
+        row["metrics"],
+        row["created_at"],
+        row["updated_at"],
+        int(row.get("files", 0)),
+        int(row.get("size_bytes", 0)),
     )
 
 
@@ -86,8 +105,11 @@ async def _lock_live_model(connection: Connection, entity: str, model_id: str) -
         raise ModelNotFound()
 
 
-async def _delete_steps(connection: Connection, model_id: str, steps: list[int]) -> set[int]:
-    """Delete the checkpoints at `steps` (rows already locked), leaving tombstones; the steps gone."""
+async def _delete_steps(
+    connection: Connection, model_id: str, steps: list[int]
+) -> tuple[set[int], int]:
+    """Delete the checkpoints at `steps` (rows already locked), leaving tombstones, their files gone
+    with them; the steps gone and the stored bytes no live file references any more."""
     rows = await connection.fetch(DELETE_STEPS, model_id, steps)
     metric_steps: list[int] = []
     metric_names: list[str] = []
@@ -97,11 +119,16 @@ async def _delete_steps(connection: Connection, model_id: str, steps: list[int])
             metric_names.append(name)
     if metric_names:
         await connection.execute(DELETE_METRICS, model_id, metric_steps, metric_names)
-    return {int(row["step"]) for row in rows}
+    freed = 0
+    if rows:
+        freed = int(await connection.fetchval(DROP_FILES, [str(row["id"]) for row in rows]))
+    return {int(row["step"]) for row in rows}, freed
 
 
 class PostgresStorage:
     """`Storage` on PostgreSQL through an asyncpg pool."""
+
+    blob_batch = 100  # blobs removed per transaction by the collector
 
     def __init__(
         self,
@@ -410,7 +437,7 @@ class PostgresStorage:
                         await connection.execute(UPSERT_METRICS, model_id, step, names, values)
                         return _checkpoint(row), True
                     existing = await connection.fetchrow(
-                        f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints "
+                        f"SELECT {CHECKPOINT_DETAIL} FROM checkpoints "
                         "WHERE model_id = $1::uuid AND step = $2",
                         model_id,
                         step,
@@ -428,7 +455,8 @@ class PostgresStorage:
 
         async def work(connection: Connection) -> Any:
             return await connection.fetchrow(
-                f"SELECT m.found, c.{', c.'.join(CHECKPOINT_COLUMNS.split(', '))} "
+                f"SELECT m.found, c.{', c.'.join(CHECKPOINT_COLUMNS.split(', '))}, "
+                f"{file_totals('c')} "
                 "FROM (SELECT EXISTS (" + LIVE_MODEL + ") AS found) m "
                 "LEFT JOIN checkpoints c ON m.found AND c.id = $3::uuid AND c.model_id = $1::uuid",
                 model_id,
@@ -468,7 +496,7 @@ class PostgresStorage:
                 row = await connection.fetchrow(
                     "UPDATE checkpoints SET metrics = $1, updated_at = now() "
                     "WHERE id = $2::uuid AND model_id = $3::uuid "
-                    f"RETURNING {CHECKPOINT_COLUMNS}",
+                    f"RETURNING {CHECKPOINT_DETAIL}",
                     rules.merge_metrics(current["metrics"], metrics),
                     wanted,
                     model_id,
@@ -494,7 +522,7 @@ class PostgresStorage:
                 # fresh snapshot then sees the metric rows of any PATCH that committed while we
                 # waited, and deletes them too.
                 await connection.execute(LOCK_STEPS, model_id, candidates)
-                return await _delete_steps(connection, model_id, candidates)
+                return (await _delete_steps(connection, model_id, candidates))[0]
 
         deleted = await self.pool.run(work, idempotent=False)
         return DeleteResult(len(deleted), rules.not_found_steps(requested, deleted))
@@ -553,9 +581,10 @@ class PostgresStorage:
                     best = [int(row["step"]) for row in rows]
                 plan = rules.plan_retention(live, keep_latest, best)
                 steps = [step for step, _ in plan.deleted]
+                freed = 0
                 if not dry_run and steps:
-                    await _delete_steps(connection, model_id, steps)
-            return RetentionResult(plan.kept_steps, steps)
+                    _, freed = await _delete_steps(connection, model_id, steps)
+            return RetentionResult(plan.kept_steps, steps, freed)
 
         return await self.pool.run(work, idempotent=dry_run)
 
@@ -579,7 +608,303 @@ class PostgresStorage:
 
         return await self.pool.run(work, idempotent=False)
 
+    # Files ----------------------------------------------------------------------------------
+
+    async def require_checkpoint(self, entity: str, model_id: str, checkpoint_id: str) -> None:
+        _known_model(entity, model_id)
+        wanted = canonical_uuid(checkpoint_id)
+
+        async def work(connection: Connection) -> Any:
+            return await connection.fetchrow(
+                f"SELECT EXISTS ({LIVE_MODEL}) AS model, EXISTS ({LIVE_CHECKPOINT}) AS checkpoint",
+                model_id,
+                entity,
+                wanted,
+            )
+
+        row = await self.pool.run(work, idempotent=True)
+        if not row["model"]:
+            raise ModelNotFound()
+        if not row["checkpoint"]:
+            raise CheckpointNotFound()
+
+    async def touch_blob(self, sha256: str, size_bytes: int) -> None:
+        async def work(connection: Connection) -> None:
+            await connection.execute(TOUCH_BLOB, sha256, size_bytes)
+
+        await self.pool.run(work, idempotent=True)
+
+    async def _lock_live_checkpoint(
+        self, connection: Connection, entity: str, model_id: str, checkpoint_id: str | None
+    ) -> None:
+        await _lock_live_model(connection, entity, model_id)
+        # FOR SHARE: a delete of the checkpoint (FOR UPDATE) waits for this transaction.
+        if checkpoint_id is None or (
+            await connection.fetchval(
+                "SELECT 1 FROM checkpoints WHERE id = $1::uuid AND model_id = $2::uuid FOR SHARE",
+                checkpoint_id,
+                model_id,
+            )
+            is None
+        ):
+            raise CheckpointNotFound()
+
+    async def attach_file(
+        self,
+        entity: str,
+        model_id: str,
+        checkpoint_id: str,
+        path: str,
+        sha256: str,
+        size_bytes: int,
+    ) -> tuple[FileRecord, bool]:
+        _known_model(entity, model_id)
+        wanted = canonical_uuid(checkpoint_id)
+
+        async def work(connection: Connection) -> tuple[FileRecord, bool]:
+            async with connection.transaction():
+                await self._lock_live_checkpoint(connection, entity, model_id, wanted)
+                # The blob row first: the collector holds it while it removes an unreferenced
+                # blob, so this waits for that and then sees the row gone.
+                await connection.execute(TOUCH_BLOB, sha256, size_bytes)
+                inserted = await connection.fetchval(
+                    "INSERT INTO checkpoint_files "
+                    "(checkpoint_id, path, model_id, entity, sha256, size_bytes, created_at) "
+                    "VALUES ($1::uuid, $2, $3::uuid, $4, $5, $6, now()) "
+                    "ON CONFLICT (checkpoint_id, path) DO NOTHING RETURNING 1",
+                    wanted,
+                    path,
+                    model_id,
+                    entity,
+                    sha256,
+                    size_bytes,
+                )
+                if inserted is not None:
+                    return FileRecord(path, sha256, size_bytes), True
+                existing = await connection.fetchrow(
+                    "SELECT sha256, size_bytes FROM checkpoint_files "
+                    "WHERE checkpoint_id = $1::uuid AND path = $2",
+                    wanted,
+                    path,
+                )
+            if existing["sha256"] != sha256:
+                raise FileConflict()
+            return FileRecord(path, sha256, int(existing["size_bytes"])), False
+
+        return await self.pool.run(work, idempotent=False)
+
+    async def get_file(
+        self, entity: str, model_id: str, checkpoint_id: str, path: str
+    ) -> FileRecord:
+        _known_model(entity, model_id)
+        wanted = canonical_uuid(checkpoint_id)
+
+        async def work(connection: Connection) -> Any:
+            return await connection.fetchrow(
+                f"SELECT EXISTS ({LIVE_MODEL}) AS model, EXISTS ({LIVE_CHECKPOINT}) AS checkpoint, "
+                "f.sha256, f.size_bytes FROM (SELECT 1) one LEFT JOIN checkpoint_files f "
+                "ON f.checkpoint_id = $3::uuid AND f.path = $4",
+                model_id,
+                entity,
+                wanted,
+                path,
+            )
+
+        row = await self.pool.run(work, idempotent=True)
+        if not row["model"]:
+            raise ModelNotFound()
+        if not row["checkpoint"]:
+            raise CheckpointNotFound()
+        if row["sha256"] is None:
+            raise FileNotFound()
+        return FileRecord(path, row["sha256"], int(row["size_bytes"]))
+
+    async def list_files(
+        self, entity: str, model_id: str, checkpoint_id: str, *, after: str | None, limit: int
+    ) -> FilePage:
+        _known_model(entity, model_id)
+        wanted = canonical_uuid(checkpoint_id)
+
+        async def work(connection: Connection) -> Any:
+            async with connection.transaction(readonly=True):
+                found = await connection.fetchrow(
+                    f"SELECT EXISTS ({LIVE_MODEL}) AS model, "
+                    f"EXISTS ({LIVE_CHECKPOINT}) AS checkpoint",
+                    model_id,
+                    entity,
+                    wanted,
+                )
+                if not found["model"]:
+                    raise ModelNotFound()
+                if not found["checkpoint"]:
+                    raise CheckpointNotFound()
+                return await connection.fetch(
+                    "SELECT path, sha256, size_bytes FROM checkpoint_files "
+                    "WHERE checkpoint_id = $1::uuid AND path > $2 ORDER BY path LIMIT $3",
+                    wanted,
+                    after if after is not None else "",
+                    limit + 1,
+                )
+
+        rows = await self.pool.run(work, idempotent=True)
+        files = [FileRecord(row["path"], row["sha256"], int(row["size_bytes"])) for row in rows]
+        return FilePage(files[:limit], has_more=len(files) > limit)
+
+    async def delete_file(self, entity: str, model_id: str, checkpoint_id: str, path: str) -> None:
+        _known_model(entity, model_id)
+        wanted = canonical_uuid(checkpoint_id)
+
+        async def work(connection: Connection) -> Any:
+            async with connection.transaction():
+                await self._lock_live_checkpoint(connection, entity, model_id, wanted)
+                return await connection.fetchval(
+                    "DELETE FROM checkpoint_files WHERE checkpoint_id = $1::uuid AND path = $2 "
+                    "RETURNING 1",
+                    wanted,
+                    path,
+                )
+
+        if await self.pool.run(work, idempotent=True) is None:
+            raise FileNotFound()
+
+    async def held_contents(self, entity: str, sha256s: list[str]) -> dict[str, int]:
+        if not rules.storable(entity, *sha256s):
+            return {}
+
+        async def work(connection: Connection) -> Any:
+            return await connection.fetch(
+                "SELECT DISTINCT sha256, size_bytes FROM checkpoint_files "
+                "WHERE entity = $1 AND sha256 = ANY($2::text[])",
+                entity,
+                sha256s,
+            )
+
+        rows = await self.pool.run(work, idempotent=True)
+        return {row["sha256"]: int(row["size_bytes"]) for row in rows}
+
+    async def usage(self, entity: str) -> Usage:
+        if not rules.storable(entity):
+            return Usage(entity, 0, 0, 0, 0)
+
+        async def work(connection: Connection) -> Any:
+            return await connection.fetchrow(
+                """
+                SELECT
+                  (SELECT count(*) FROM checkpoints c JOIN models m ON m.id = c.model_id
+                    WHERE m.entity = $1 AND m.deleted_at IS NULL) AS checkpoints,
+                  count(*) AS files, coalesce(sum(size_bytes), 0) AS logical,
+                  (SELECT coalesce(sum(size_bytes), 0) FROM (
+                      SELECT DISTINCT f.sha256, f.size_bytes FROM checkpoint_files f
+                        JOIN models m ON m.id = f.model_id
+                       WHERE f.entity = $1 AND m.deleted_at IS NULL) d) AS stored
+                  FROM checkpoint_files f JOIN models m ON m.id = f.model_id
+                 WHERE f.entity = $1 AND m.deleted_at IS NULL
+                """,
+                entity,
+            )
+
+        row = await self.pool.run(work, idempotent=True)
+        return Usage(
+            entity,
+            int(row["checkpoints"]),
+            int(row["files"]),
+            int(row["logical"]),
+            int(row["stored"]),
+        )
+
+    async def collect_blobs(
+        self, older_than: datetime, remove: Callable[[str], Coroutine[Any, Any, None]]
+    ) -> tuple[int, int]:
+        async def work(connection: Connection) -> tuple[int, int]:
+            async with connection.transaction():
+                # The rows stay locked until the objects are gone: an upload or a file touching
+                # one of these rows waits, then finds it gone (and writes its own blob).
+                rows = await connection.fetch(
+                    "DELETE FROM blobs WHERE sha256 IN ("
+                    "  SELECT sha256 FROM blobs b WHERE touched_at < $1 AND NOT EXISTS "
+                    "  (SELECT 1 FROM checkpoint_files f WHERE f.sha256 = b.sha256) "
+                    "  LIMIT $2 FOR UPDATE SKIP LOCKED) "
+                    "AND touched_at < $1 RETURNING sha256, size_bytes",
+                    older_than,
+                    self.blob_batch,
+                )
+                for row in rows:
+                    await remove(row["sha256"])
+            return len(rows), sum(int(row["size_bytes"]) for row in rows)
+
+        count = freed = 0
+        while True:
+            removed, size = await self.pool.run(work, idempotent=False)
+            count, freed = count + removed, freed + size
+            if removed < self.blob_batch:
+                return count, freed
+
+    async def create_upload(
+        self, entity: str, model_id: str, checkpoint_id: str, path: str
+    ) -> UploadSession:
+        _known_model(entity, model_id)
+        wanted = canonical_uuid(checkpoint_id)
+        upload = UploadSession(str(uuid.uuid4()), entity, model_id, checkpoint_id, path)
+
+        async def work(connection: Connection) -> None:
+            async with connection.transaction():
+                await self._lock_live_checkpoint(connection, entity, model_id, wanted)
+                await connection.execute(
+                    "INSERT INTO uploads "
+                    "(id, entity, model_id, checkpoint_id, path, created_at) "
+                    "VALUES ($1::uuid, $2, $3::uuid, $4::uuid, $5, now())",
+                    upload.id,
+                    entity,
+                    model_id,
+                    wanted,
+                    path,
+                )
+
+        await self.pool.run(work, idempotent=False)
+        return upload
+
+    async def get_upload(self, entity: str, upload_id: str) -> UploadSession:
+        if canonical_uuid(upload_id) is None or not rules.storable(entity):
+            raise UploadNotFound()
+
+        async def work(connection: Connection) -> Any:
+            return await connection.fetchrow(
+                "SELECT u.model_id, u.checkpoint_id, u.path FROM uploads u "
+                "JOIN models m ON m.id = u.model_id "
+                "WHERE u.id = $1::uuid AND u.entity = $2 AND m.deleted_at IS NULL",
+                upload_id,
+                entity,
+            )
+
+        row = await self.pool.run(work, idempotent=True)
+        if row is None:
+            raise UploadNotFound()
+        return UploadSession(
+            upload_id, entity, str(row["model_id"]), str(row["checkpoint_id"]), row["path"]
+        )
+
+    async def end_upload(self, upload_id: str) -> None:
+        async def work(connection: Connection) -> None:
+            await connection.execute("DELETE FROM uploads WHERE id = $1::uuid", upload_id)
+
+        await self.pool.run(work, idempotent=True)
+
+    async def expire_uploads(self, older_than: datetime) -> list[str]:
+        async def work(connection: Connection) -> Any:
+            return await connection.fetch(
+                "DELETE FROM uploads WHERE created_at < $1 RETURNING id::text", older_than
+            )
+
+        return [row["id"] for row in await self.pool.run(work, idempotent=False)]
+
 
 async def _delete_model_rows(connection: Connection, model_id: str) -> None:
-    for table in ("checkpoint_metrics", "checkpoint_tombstones", "expired_cursors"):
+    tables = (
+        "checkpoint_files",
+        "uploads",
+        "checkpoint_metrics",
+        "checkpoint_tombstones",
+        "expired_cursors",
+    )
+    for table in tables:
         await connection.execute(f"DELETE FROM {table} WHERE model_id = $1::uuid", model_id)

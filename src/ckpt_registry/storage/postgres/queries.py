@@ -10,6 +10,16 @@ KEY_COLUMNS = "id, entity, name, created_at, revoked_at"
 LIVE_MODEL = "SELECT 1 FROM models WHERE id = $1::uuid AND entity = $2 AND deleted_at IS NULL"
 
 
+def file_totals(table: str) -> str:
+    """A checkpoint's file count and total size, as columns `files` and `size_bytes` (a seek on the
+    files' primary key; `table` names the checkpoints row the query reads)."""
+    return (
+        f"(SELECT count(*) FROM checkpoint_files f WHERE f.checkpoint_id = {table}.id) AS files, "
+        "(SELECT coalesce(sum(f.size_bytes), 0) FROM checkpoint_files f "
+        f"WHERE f.checkpoint_id = {table}.id) AS size_bytes"
+    )
+
+
 def _page_query(order: Order, *, with_cursor: bool) -> str:
     """The whole list request in one round trip: model check, cursor position and the page.
 
@@ -79,7 +89,7 @@ DELETE_STEPS = """
         INSERT INTO checkpoint_tombstones (id, model_id, step, deleted_at)
         SELECT id, model_id, step, now() FROM gone
     )
-    SELECT step, metrics FROM gone
+    SELECT step, metrics, id FROM gone
 """
 
 # By primary key, from the names in each deleted checkpoint's metrics (the JSON and the rows change
@@ -114,13 +124,13 @@ BEST_STEPS = {
 }
 BEST_ONE = {
     "max": f"""
-        SELECT {CHECKPOINT_COLUMNS} FROM checkpoints
+        SELECT {CHECKPOINT_COLUMNS}, {file_totals("checkpoints")} FROM checkpoints
          WHERE model_id = $1::uuid AND step = (
              SELECT step FROM checkpoint_metrics WHERE model_id = $1::uuid AND name = $2
               ORDER BY value DESC, step DESC LIMIT 1)
     """,
     "min": f"""
-        SELECT {CHECKPOINT_COLUMNS} FROM checkpoints
+        SELECT {CHECKPOINT_COLUMNS}, {file_totals("checkpoints")} FROM checkpoints
          WHERE model_id = $1::uuid AND step = (
              SELECT max(step) FROM checkpoint_metrics
               WHERE model_id = $1::uuid AND name = $2 AND value = (
@@ -140,3 +150,28 @@ LOCK_ALL_STEPS = """
     SELECT step, id::text FROM checkpoints WHERE model_id = $1::uuid ORDER BY step FOR UPDATE
 """
 LIVE_STEPS = "SELECT step, id::text FROM checkpoints WHERE model_id = $1::uuid ORDER BY step"
+
+
+CHECKPOINT_DETAIL = f"{CHECKPOINT_COLUMNS}, {file_totals('checkpoints')}"
+
+LIVE_CHECKPOINT = """
+    SELECT 1 FROM checkpoints c JOIN models m ON m.id = c.model_id
+     WHERE c.id = $3::uuid AND c.model_id = $1::uuid AND m.entity = $2 AND m.deleted_at IS NULL
+"""
+
+TOUCH_BLOB = """
+    INSERT INTO blobs (sha256, size_bytes, touched_at) VALUES ($1, $2, now())
+    ON CONFLICT (sha256) DO UPDATE SET touched_at = now()
+"""
+
+# The files of the checkpoints $1 go; the stored bytes no live file references any more.
+DROP_FILES = """
+    WITH gone AS (
+        DELETE FROM checkpoint_files WHERE checkpoint_id = ANY($1::uuid[]) RETURNING sha256
+    )
+    SELECT coalesce(sum(b.size_bytes), 0) FROM blobs b
+     WHERE b.sha256 IN (SELECT sha256 FROM gone)
+       AND NOT EXISTS (
+           SELECT 1 FROM checkpoint_files f
+            WHERE f.sha256 = b.sha256 AND f.checkpoint_id <> ALL($1::uuid[]))
+"""

@@ -9,15 +9,18 @@ a retention run) are split into bounded transactions so none holds the write loc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -29,11 +32,15 @@ from ..base import (
     Checkpoint,
     CheckpointPage,
     DeleteResult,
+    FilePage,
+    FileRecord,
     Mode,
     Model,
     ModelPage,
     Order,
     RetentionResult,
+    UploadSession,
+    Usage,
     canonical_uuid,
     encode_metrics,
 )
@@ -41,11 +48,14 @@ from ..errors import (
     CheckpointNotFound,
     CursorExpired,
     DatabaseUnavailable,
+    FileConflict,
+    FileNotFound,
     InvalidCursor,
     KeyNotFound,
     MetricNotFound,
     ModelNameTaken,
     ModelNotFound,
+    UploadNotFound,
 )
 from ..outages import Episode
 from .writer import WAL_LIMIT_BYTES, Writer, checkpoint_passively, unavailable
@@ -80,6 +90,8 @@ _ONE_STATEMENT_PAGE = {
 }
 # Each table holding a model's rows, with its primary key (these tables have no rowid).
 _MODEL_ROWS = (
+    ("checkpoint_files", "checkpoint_id, path"),
+    ("uploads", "id"),
     ("checkpoint_metrics", "model_id, name, step"),
     ("checkpoints", "model_id, step, id"),
     ("checkpoint_tombstones", "id"),
@@ -151,6 +163,66 @@ def _checkpoint_by_id(db: sqlite3.Connection, model_id: str, checkpoint_id: str)
     return _checkpoint(row)
 
 
+def _with_files(db: sqlite3.Connection, checkpoint: Checkpoint) -> Checkpoint:
+    """The checkpoint with its file count and total size (a seek on the files' primary key)."""
+    files, size = db.execute(
+        "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM checkpoint_files WHERE checkpoint_id = ?",
+        (checkpoint.id,),
+    ).fetchone()
+    return dataclasses.replace(checkpoint, files=int(files), size_bytes=int(size))
+
+
+def _require_live_checkpoint(
+    db: sqlite3.Connection, entity: str, model_id: str, checkpoint_id: str
+) -> None:
+    _require_live_model(db, entity, model_id)
+    if canonical_uuid(checkpoint_id) is None or (
+        db.execute(
+            "SELECT 1 FROM checkpoints WHERE id = ? AND model_id = ?", (checkpoint_id, model_id)
+        ).fetchone()
+        is None
+    ):
+        raise CheckpointNotFound()
+
+
+def _touch_blob(db: sqlite3.Connection, sha256: str, size_bytes: int) -> None:
+    db.execute(
+        "INSERT INTO blobs (sha256, size_bytes, touched_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (sha256) DO UPDATE SET touched_at = excluded.touched_at",
+        (sha256, size_bytes, _now()),
+    )
+
+
+def _drop_files(db: sqlite3.Connection, checkpoint_ids: list[str]) -> int:
+    """Remove the files of these checkpoints; the stored bytes no live file references any more."""
+    ids = orjson.dumps(checkpoint_ids).decode()
+    contents = [
+        str(row[0])
+        for row in db.execute(
+            "SELECT DISTINCT sha256 FROM checkpoint_files "
+            "WHERE checkpoint_id IN (SELECT value FROM json_each(?))",
+            (ids,),
+        )
+    ]
+    if not contents:
+        return 0
+    db.execute(
+        "DELETE FROM checkpoint_files WHERE checkpoint_id IN (SELECT value FROM json_each(?))",
+        (ids,),
+    )
+    return _unreferenced_bytes(db, contents)
+
+
+def _unreferenced_bytes(db: sqlite3.Connection, contents: list[str]) -> int:
+    (freed,) = db.execute(
+        "SELECT COALESCE(SUM(size_bytes), 0) FROM blobs "
+        "WHERE sha256 IN (SELECT value FROM json_each(?)) AND NOT EXISTS "
+        "(SELECT 1 FROM checkpoint_files f WHERE f.sha256 = blobs.sha256)",
+        (orjson.dumps(contents).decode(),),
+    ).fetchone()
+    return int(freed)
+
+
 def _best_steps(db: sqlite3.Connection, model_id: str, rule: BestRule, limit: int) -> list[int]:
     direction = "DESC" if rule.mode == "max" else "ASC"
     rows = db.execute(
@@ -161,16 +233,20 @@ def _best_steps(db: sqlite3.Connection, model_id: str, rule: BestRule, limit: in
     return [int(row[0]) for row in rows]
 
 
-def _delete_checkpoints(db: sqlite3.Connection, model_id: str, ids: list[str]) -> list[int]:
-    """Move the live checkpoints with these ids to the tombstones; the steps they had."""
+def _delete_checkpoints(
+    db: sqlite3.Connection, model_id: str, ids: list[str]
+) -> tuple[list[int], int]:
+    """Move the live checkpoints with these ids to the tombstones, their files gone with them; the
+    steps they had and the stored bytes no live file references any more."""
     gone = db.execute(
-        "SELECT step, metrics FROM checkpoints WHERE model_id = ? AND id IN "
+        "SELECT step, metrics, id FROM checkpoints WHERE model_id = ? AND id IN "
         "(SELECT value FROM json_each(?))",
         (model_id, orjson.dumps(ids).decode()),
     ).fetchall()
     if not gone:
-        return []
-    steps = [int(step) for step, _ in gone]
+        return [], 0
+    steps = [int(step) for step, _, _ in gone]
+    freed = _drop_files(db, [str(id_) for _, _, id_ in gone])
     params = (model_id, orjson.dumps(steps).decode())
     live = "model_id = ? AND step IN (SELECT value FROM json_each(?))"
     db.execute(
@@ -182,10 +258,14 @@ def _delete_checkpoints(db: sqlite3.Connection, model_id: str, ids: list[str]) -
     # metric rows have no (model_id, step) index, and a scan of them all would cost O(model).
     db.executemany(
         "DELETE FROM checkpoint_metrics WHERE model_id = ? AND name = ? AND step = ?",
-        [(model_id, name, step) for step, metrics in gone for name in rules.metric_names(metrics)],
+        [
+            (model_id, name, step)
+            for step, metrics, _ in gone
+            for name in rules.metric_names(metrics)
+        ],
     )
     db.execute(f"DELETE FROM checkpoints WHERE {live}", params)
-    return steps
+    return steps, freed
 
 
 class SQLiteStorage:
@@ -195,6 +275,7 @@ class SQLiteStorage:
     # when retention deletes: each transaction holds the write lock for tens of milliseconds at most.
     delete_batch = 5000
     retention_batch = 2000
+    blob_batch = 100  # blobs removed per transaction by the collector
 
     def __init__(self, path: Path | str, *, wal_limit_bytes: int = WAL_LIMIT_BYTES) -> None:
         self.path = Path(path)
@@ -528,7 +609,7 @@ class SQLiteStorage:
             if row is not None:
                 existing = _checkpoint(row)
                 rules.check_repeat_registration(step, existing.metrics_json, metrics)
-                return existing, False
+                return _with_files(db, existing), False
             now = _now()
             checkpoint = Checkpoint(
                 str(uuid.uuid4()), step, metrics_json, parse_timestamp(now), parse_timestamp(now)
@@ -549,7 +630,7 @@ class SQLiteStorage:
     async def get_checkpoint(self, entity: str, model_id: str, checkpoint_id: str) -> Checkpoint:
         with self._reading() as db:
             _require_live_model(db, entity, model_id)
-            return _checkpoint_by_id(db, model_id, checkpoint_id)
+            return _with_files(db, _checkpoint_by_id(db, model_id, checkpoint_id))
 
     async def update_metrics(
         self, entity: str, model_id: str, checkpoint_id: str, metrics: dict[str, float]
@@ -570,8 +651,11 @@ class SQLiteStorage:
                 "VALUES (?, ?, ?, ?)",
                 [(model_id, name, current.step, value) for name, value in metrics.items()],
             )
-            return Checkpoint(
-                current.id, current.step, merged, current.created_at, parse_timestamp(now)
+            return _with_files(
+                db,
+                Checkpoint(
+                    current.id, current.step, merged, current.created_at, parse_timestamp(now)
+                ),
             )
 
         return await self.writer.run(write)
@@ -592,7 +676,7 @@ class SQLiteStorage:
                     (model_id, candidates),
                 )
             ]
-            return set(_delete_checkpoints(db, model_id, ids))
+            return set(_delete_checkpoints(db, model_id, ids)[0])
 
         deleted = await self.writer.run(write)
         return DeleteResult(len(deleted), rules.not_found_steps(requested, deleted))
@@ -613,7 +697,7 @@ class SQLiteStorage:
                 f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE model_id = ? AND step = ?",
                 (model_id, best[0]),
             ).fetchone()
-        return _checkpoint(row)
+            return _with_files(db, _checkpoint(row))
 
     async def apply_retention(
         self,
@@ -648,15 +732,18 @@ class SQLiteStorage:
         # step that was just deleted) is never in the plan, and a step someone else deleted
         # meanwhile is not reported as deleted by this run.
         deleted: list[int] = []
+        freed = 0
         for start in range(0, len(decided.deleted), self.retention_batch):
             ids = [id_ for _, id_ in decided.deleted[start : start + self.retention_batch]]
 
-            def delete_batch(db: sqlite3.Connection, ids: list[str] = ids) -> list[int]:
+            def delete_batch(db: sqlite3.Connection, ids: list[str] = ids) -> tuple[list[int], int]:
                 _require_live_model(db, entity, model_id)
                 return _delete_checkpoints(db, model_id, ids)
 
-            deleted.extend(await self.writer.run(delete_batch))
-        return RetentionResult(decided.kept_steps, sorted(deleted))
+            steps, freed_now = await self.writer.run(delete_batch)
+            deleted.extend(steps)
+            freed += freed_now
+        return RetentionResult(decided.kept_steps, sorted(deleted), freed)
 
     async def purge_tombstones(self, older_than: datetime) -> int:
         cutoff, now = format_timestamp(older_than), _now()
@@ -672,6 +759,192 @@ class SQLiteStorage:
                     "DELETE FROM checkpoint_tombstones WHERE deleted_at < ?", (cutoff,)
                 ).rowcount
             )
+
+        return await self.writer.run(write)
+
+    # Files ----------------------------------------------------------------------------------
+
+    async def require_checkpoint(self, entity: str, model_id: str, checkpoint_id: str) -> None:
+        with self._reading() as db:
+            _require_live_checkpoint(db, entity, model_id, checkpoint_id)
+
+    async def touch_blob(self, sha256: str, size_bytes: int) -> None:
+        await self.writer.run(lambda db: _touch_blob(db, sha256, size_bytes))
+
+    async def attach_file(
+        self,
+        entity: str,
+        model_id: str,
+        checkpoint_id: str,
+        path: str,
+        sha256: str,
+        size_bytes: int,
+    ) -> tuple[FileRecord, bool]:
+        def write(db: sqlite3.Connection) -> tuple[FileRecord, bool]:
+            _require_live_checkpoint(db, entity, model_id, checkpoint_id)
+            row = db.execute(
+                "SELECT sha256, size_bytes FROM checkpoint_files "
+                "WHERE checkpoint_id = ? AND path = ?",
+                (checkpoint_id, path),
+            ).fetchone()
+            if row is not None:
+                if row[0] != sha256:
+                    raise FileConflict()
+                return FileRecord(path, sha256, int(row[1])), False
+            _touch_blob(db, sha256, size_bytes)
+            db.execute(
+                "INSERT INTO checkpoint_files "
+                "(checkpoint_id, path, model_id, entity, sha256, size_bytes, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (checkpoint_id, path, model_id, entity, sha256, size_bytes, _now()),
+            )
+            return FileRecord(path, sha256, size_bytes), True
+
+        return await self.writer.run(write)
+
+    async def get_file(
+        self, entity: str, model_id: str, checkpoint_id: str, path: str
+    ) -> FileRecord:
+        with self._reading() as db:
+            _require_live_checkpoint(db, entity, model_id, checkpoint_id)
+            row = db.execute(
+                "SELECT sha256, size_bytes FROM checkpoint_files "
+                "WHERE checkpoint_id = ? AND path = ?",
+                (checkpoint_id, path),
+            ).fetchone()
+        if row is None:
+            raise FileNotFound()
+        return FileRecord(path, str(row[0]), int(row[1]))
+
+    async def list_files(
+        self, entity: str, model_id: str, checkpoint_id: str, *, after: str | None, limit: int
+    ) -> FilePage:
+        with self._reading() as db:
+            _require_live_checkpoint(db, entity, model_id, checkpoint_id)
+            rows = db.execute(
+                "SELECT path, sha256, size_bytes FROM checkpoint_files "
+                "WHERE checkpoint_id = ? AND path > ? ORDER BY path LIMIT ?",
+                (checkpoint_id, after if after is not None else "", limit + 1),
+            ).fetchall()
+        files = [FileRecord(str(path), str(sha), int(size)) for path, sha, size in rows]
+        return FilePage(files[:limit], has_more=len(files) > limit)
+
+    async def delete_file(self, entity: str, model_id: str, checkpoint_id: str, path: str) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            _require_live_checkpoint(db, entity, model_id, checkpoint_id)
+            deleted = db.execute(
+                "DELETE FROM checkpoint_files WHERE checkpoint_id = ? AND path = ?",
+                (checkpoint_id, path),
+            ).rowcount
+            if not deleted:
+                raise FileNotFound()
+
+        await self.writer.run(write)
+
+    async def held_contents(self, entity: str, sha256s: list[str]) -> dict[str, int]:
+        if not rules.storable(entity):
+            return {}
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT DISTINCT sha256, size_bytes FROM checkpoint_files "
+                "WHERE entity = ? AND sha256 IN (SELECT value FROM json_each(?))",
+                (entity, orjson.dumps(sha256s).decode()),
+            ).fetchall()
+        return {str(sha): int(size) for sha, size in rows}
+
+    async def usage(self, entity: str) -> Usage:
+        with self._reading() as db:
+            (checkpoints,) = db.execute(
+                "SELECT COUNT(*) FROM checkpoints c JOIN models m ON m.id = c.model_id "
+                "WHERE m.entity = ? AND m.deleted_at IS NULL",
+                (entity,),
+            ).fetchone()
+            files, logical = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(f.size_bytes), 0) FROM checkpoint_files f "
+                "JOIN models m ON m.id = f.model_id WHERE f.entity = ? AND m.deleted_at IS NULL",
+                (entity,),
+            ).fetchone()
+            (stored,) = db.execute(
+                "SELECT COALESCE(SUM(size_bytes), 0) FROM (SELECT DISTINCT f.sha256, f.size_bytes "
+                "FROM checkpoint_files f JOIN models m ON m.id = f.model_id "
+                "WHERE f.entity = ? AND m.deleted_at IS NULL)",
+                (entity,),
+            ).fetchone()
+        return Usage(entity, int(checkpoints), int(files), int(logical), int(stored))
+
+    async def collect_blobs(
+        self, older_than: datetime, remove: Callable[[str], Coroutine[Any, Any, None]]
+    ) -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        cutoff = format_timestamp(older_than)
+
+        def collect_some(db: sqlite3.Connection) -> tuple[int, int]:
+            rows = db.execute(
+                "SELECT sha256, size_bytes FROM blobs WHERE touched_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM checkpoint_files f WHERE f.sha256 = blobs.sha256) LIMIT ?",
+                (cutoff, self.blob_batch),
+            ).fetchall()
+            for sha256, _ in rows:
+                # The object goes while this transaction holds the write lock: no upload can touch
+                # the row (and then rely on the object) in between. The removal itself runs on the
+                # event loop; this thread waits for it.
+                asyncio.run_coroutine_threadsafe(remove(str(sha256)), loop).result()
+                db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
+            return len(rows), sum(int(size) for _, size in rows)
+
+        count = freed = 0
+        while True:
+            removed, size = await self.writer.run(collect_some)
+            count, freed = count + removed, freed + size
+            if removed < self.blob_batch:
+                return count, freed
+
+    async def create_upload(
+        self, entity: str, model_id: str, checkpoint_id: str, path: str
+    ) -> UploadSession:
+        upload = UploadSession(str(uuid.uuid4()), entity, model_id, checkpoint_id, path)
+
+        def write(db: sqlite3.Connection) -> None:
+            _require_live_checkpoint(db, entity, model_id, checkpoint_id)
+            db.execute(
+                "INSERT INTO uploads "
+                "(id, entity, model_id, checkpoint_id, path, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (upload.id, entity, model_id, checkpoint_id, path, _now()),
+            )
+
+        await self.writer.run(write)
+        return upload
+
+    async def get_upload(self, entity: str, upload_id: str) -> UploadSession:
+        if canonical_uuid(upload_id) is None:
+            raise UploadNotFound()
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT u.model_id, u.checkpoint_id, u.path FROM uploads u "
+                "JOIN models m ON m.id = u.model_id "
+                "WHERE u.id = ? AND u.entity = ? AND m.deleted_at IS NULL",
+                (upload_id, entity),
+            ).fetchone()
+        if row is None:
+            raise UploadNotFound()
+        return UploadSession(upload_id, entity, str(row[0]), str(row[1]), str(row[2]))
+
+    async def end_upload(self, upload_id: str) -> None:
+        await self.writer.run(
+            lambda db: db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+        )
+
+    async def expire_uploads(self, older_than: datetime) -> list[str]:
+        cutoff = format_timestamp(older_than)
+
+        def write(db: sqlite3.Connection) -> list[str]:
+            ids = [
+                str(row[0])
+                for row in db.execute("SELECT id FROM uploads WHERE created_at < ?", (cutoff,))
+            ]
+            db.execute("DELETE FROM uploads WHERE created_at < ?", (cutoff,))
+            return ids
 
         return await self.writer.run(write)
 
