@@ -122,8 +122,13 @@ def serving(settings: Settings) -> Iterator[RunningServer]:
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, gc_interval_seconds=0)
+def blob_url(tmp_path: Path) -> str:
+    return str(tmp_path / "blobs")
+
+
+@pytest.fixture
+def settings(database_url: str, blob_url: str) -> Settings:
+    return Settings(database_url=database_url, blob_url=blob_url, gc_interval_seconds=0)
 
 
 @pytest.fixture

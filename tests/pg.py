@@ -244,7 +244,8 @@ def start_servers(
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
+                # One blob folder for all of them, as servers sharing a database share a store.
+                env={**os.environ, "CKPT_BLOB_URL": str(log_dir / "blobs"), **(env or {})},
             )
         servers.append(ServerProcess(process, port, log))
     deadline = time.monotonic() + 60

@@ -39,3 +39,32 @@ TIMESTAMP_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
 API_PREFIX: Final = "/v1"
 MODELS_PATH: Final = API_PREFIX + "/preview/models"
 CHECKPOINTS_PATH: Final = MODELS_PATH + "/{model_id}/checkpoints"
+
+# Checkpoint files (section 6): paths of 1..1024 UTF-8 bytes; files lists 1..1000 per page.
+MAX_FILE_PATH_BYTES: Final = 1024
+FILES_LIMIT_MAX: Final = 1000
+FILES_LIMIT_DEFAULT: Final = 1000
+UPLOADS_PATH: Final = API_PREFIX + "/preview/uploads"
+USAGE_PATH: Final = API_PREFIX + "/preview/usage"
+
+
+def file_path_problem(path: str) -> str | None:
+    """Why `path` is not a valid checkpoint file path (section 6), or None when it is.
+
+    Segments separated by `/`; no empty, `.` or `..` segment (so no leading or trailing `/`), no
+    backslash, no NUL or other control character, 1..1024 bytes of UTF-8: no path can name anything
+    outside its checkpoint.
+    """
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the path must be valid UTF-8 text"
+    if not 1 <= size <= MAX_FILE_PATH_BYTES:
+        return f"the path must be 1 to {MAX_FILE_PATH_BYTES} bytes of UTF-8"
+    if "\\" in path:
+        return "the path must not contain a backslash"
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in path):
+        return "the path must not contain control characters"
+    if any(segment in ("", ".", "..") for segment in path.split("/")):
+        return "the path must not have empty, '.' or '..' segments, nor start or end with '/'"
+    return None

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
+from ..blobs import open_blob_store
+from ..collector import Collected, collect
 from ..keys import generate_key, hash_key
 from ..storage import Storage, open_storage
 from ..storage.errors import StorageError
@@ -30,6 +32,15 @@ database_url_option = click.option(
     default=DEFAULT_DATABASE_URL,
     show_default=True,
     help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB (env CKPT_DATABASE_URL).",
+)
+
+
+blob_url_option = click.option(
+    "--blob-url",
+    envvar="CKPT_BLOB_URL",
+    default=None,
+    help="Where file contents live: a folder or s3://BUCKET/PREFIX (env CKPT_BLOB_URL; "
+    "default: a folder beside the SQLite file, or ./ckpt-blobs).",
 )
 
 
@@ -69,16 +80,21 @@ def cli() -> None:
     epilog="Example: ckpt serve --database-url sqlite:///./ckpt.db --port 8000",
 )
 @database_url_option
+@blob_url_option
 @click.option("--host", envvar="CKPT_HOST", default="127.0.0.1", show_default=True)
 @click.option("--port", envvar="CKPT_PORT", default=8000, show_default=True, type=int)
 @click.option("--workers", envvar="CKPT_WORKERS", default=1, show_default=True, type=int)
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
-def serve(database_url: str, host: str, port: int, workers: int, access_log: bool) -> None:
+def serve(
+    database_url: str, blob_url: str | None, host: str, port: int, workers: int, access_log: bool
+) -> None:
     """Migrate the database, make a first key if there is none, and serve the API."""
     import uvicorn
 
     from ..server import Settings
 
+    if blob_url:
+        os.environ["CKPT_BLOB_URL"] = blob_url
     os.environ.update(
         CKPT_DATABASE_URL=database_url,
         CKPT_HOST=host,
@@ -146,6 +162,7 @@ def db_downgrade(database_url: str, revision: str) -> None:
 
 @db.command("gc", epilog="Example: ckpt db gc --older-than 86400")
 @database_url_option
+@blob_url_option
 @click.option(
     "--older-than",
     type=float,
@@ -153,17 +170,48 @@ def db_downgrade(database_url: str, revision: str) -> None:
     show_default=True,
     help="Purge tombstones of checkpoints deleted more than this many seconds ago.",
 )
-def db_gc(database_url: str, older_than: float) -> None:
-    """Finish model deletes cut short, and purge old tombstones (their cursors then expire)."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+@click.option(
+    "--blob-grace",
+    type=float,
+    default=3600,
+    show_default=True,
+    help="Remove unreferenced blobs untouched for more than this many seconds.",
+)
+@click.option(
+    "--upload-ttl",
+    type=float,
+    default=7 * 24 * 3600,
+    show_default=True,
+    help="Forget resumable uploads started more than this many seconds ago.",
+)
+def db_gc(
+    database_url: str, blob_url: str | None, older_than: float, blob_grace: float, upload_ttl: float
+) -> None:
+    """Finish model deletes cut short, purge old tombstones (their cursors then expire), forget
+    expired uploads, and remove blobs no file references."""
+    from ..server import Settings
 
-    async def collect(storage: Storage) -> tuple[int, int]:
-        return await storage.purge_deleted_models(), await storage.purge_tombstones(cutoff)
+    store_url = Settings(database_url=database_url, blob_url=blob_url).blob_store_url
 
-    finished, purged = with_storage(database_url, collect)
-    if finished:
-        click.echo(f"finished deleting {finished} deleted models")
-    click.echo(f"purged {purged} tombstones")
+    async def run(storage: Storage) -> Collected:
+        blobs = open_blob_store(store_url)
+        await blobs.open()
+        try:
+            return await collect(
+                storage,
+                blobs,
+                tombstone_ttl=older_than,
+                blob_grace=blob_grace,
+                upload_ttl=upload_ttl,
+            )
+        finally:
+            await blobs.close()
+
+    done = with_storage(database_url, run)
+    if done.finished_models:
+        click.echo(f"finished deleting {done.finished_models} deleted models")
+    click.echo(f"purged {done.tombstones} tombstones")
+    click.echo(f"removed {done.blobs} unreferenced blobs ({done.freed_bytes} bytes)")
 
 
 # Keys -----------------------------------------------------------------------------------------

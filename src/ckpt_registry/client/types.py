@@ -73,13 +73,16 @@ class Checkpoint:
 
 @dataclass(frozen=True, slots=True)
 class CheckpointDetail:
-    """A checkpoint with its timestamps, as the single-checkpoint endpoints return it."""
+    """A checkpoint with its timestamps and files (count, total size), as the single-checkpoint
+    endpoints return it."""
 
     id: str
     step: int
     metrics: dict[str, float]
     created_at: datetime
     updated_at: datetime
+    files: int = 0
+    size_bytes: int = 0
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> CheckpointDetail:
@@ -89,6 +92,8 @@ class CheckpointDetail:
             metrics=_metrics(body["metrics"]),
             created_at=_timestamp(body["created_at"]),
             updated_at=_timestamp(body["updated_at"]),
+            files=body.get("files", 0),
+            size_bytes=body.get("size_bytes", 0),
         )
 
 
@@ -119,6 +124,7 @@ class RetentionResult:
     dry_run: bool
     kept_steps: list[int]
     deleted_steps: list[int]
+    freed_bytes: int = 0  # stored bytes no file references any more
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> RetentionResult:
@@ -126,6 +132,7 @@ class RetentionResult:
             dry_run=body["dry_run"],
             kept_steps=list(body["kept_steps"]),
             deleted_steps=list(body["deleted_steps"]),
+            freed_bytes=body.get("freed_bytes", 0),
         )
 
 

@@ -13,6 +13,9 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from .. import __version__
+from ..blobs import BlobStore, open_blob_store
+from ..blobs.errors import BlobError
+from ..collector import collect
 from ..storage import PoolOptions, Storage, open_storage
 from ..storage.errors import StorageError
 from .asgi import Layer, stacked
@@ -21,35 +24,49 @@ from .fastpath import ListCheckpointsFastPath
 from .fastregister import RegisterCheckpointFastPath
 from .limits import BodyLimit, BodyLimits, BodySizeLimit
 from .openapi import install_openapi
-from .routes import checkpoints, models, service
+from .routes import checkpoints, files, models, service, uploads, usage
 from .settings import Settings
 
 log = logging.getLogger("ckpt_registry")
 
-ROUTERS = (models.router, checkpoints.router, service.router)
+ROUTERS = (
+    models.router,
+    checkpoints.router,
+    files.router,
+    uploads.checkpoint_router,
+    uploads.router,
+    usage.router,
+    service.router,
+)
 
 
-async def collect_garbage(storage: Storage, settings: Settings) -> None:
-    """Finish model deletes cut short, then purge old tombstones."""
+async def collect_garbage(storage: Storage, blobs: BlobStore, settings: Settings) -> None:
+    """One collector pass (`collector.collect`), its outcome logged."""
     try:
-        finished = await storage.purge_deleted_models()
-        cutoff = datetime.now(UTC) - timedelta(seconds=settings.tombstone_ttl_seconds)
-        purged = await storage.purge_tombstones(cutoff)
-    except StorageError as exc:
+        done = await collect(
+            storage,
+            blobs,
+            tombstone_ttl=settings.tombstone_ttl_seconds,
+            blob_grace=settings.blob_grace_seconds,
+            upload_ttl=settings.upload_ttl_seconds,
+        )
+    except (StorageError, BlobError) as exc:
         log.warning("garbage collection failed: %s", exc)
         return
-    if finished:
-        log.info("finished deleting the rows of %d deleted models", finished)
-    if purged:
-        log.info("purged %d tombstones older than %s", purged, cutoff.isoformat())
+    if done.finished_models:
+        log.info("finished deleting the rows of %d deleted models", done.finished_models)
+    if done.tombstones:
+        log.info("purged %d old tombstones", done.tombstones)
+    if done.blobs:
+        log.info("removed %d unreferenced blobs (%d bytes)", done.blobs, done.freed_bytes)
 
 
-async def collect_garbage_forever(storage: Storage, settings: Settings) -> None:
+async def collect_garbage_forever(storage: Storage, blobs: BlobStore, settings: Settings) -> None:
     """At start (a delete cut short by a crash is finished at once), then every interval (if any)."""
-    await collect_garbage(storage, settings)
+    await collect_garbage(storage, blobs, settings)
     while settings.gc_interval_seconds > 0:
         await asyncio.sleep(settings.gc_interval_seconds)
-        await collect_garbage(storage, settings)
+        await collect_garbage(storage, blobs, settings)
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
@@ -66,8 +83,15 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             ),
         )
         await storage.open()
+        blobs = open_blob_store(settings.blob_store_url)
+        try:
+            await blobs.open()
+        except BaseException:
+            await storage.close()
+            raise
         app.state.storage = storage
-        collector = asyncio.create_task(collect_garbage_forever(storage, settings))
+        app.state.blobs = blobs
+        collector = asyncio.create_task(collect_garbage_forever(storage, blobs, settings))
         # Everything alive now (the framework, the routes, the schemas) lives as long as the process:
         # keep it out of the cyclic collector's full passes, which otherwise walk all of it.
         gc.collect()
@@ -80,6 +104,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 await collector
             app.state.storage = None
             await storage.close()
+            await blobs.close()
 
     api = FastAPI(
         title="ckpt-registry",

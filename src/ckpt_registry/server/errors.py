@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from ..blobs import errors as blob_errors
 from ..storage import errors as storage_errors
 from .auth import AuthenticationFailed
 from .responses import JSONBytes
@@ -24,6 +25,15 @@ STATUS_BY_ERROR: dict[type[storage_errors.StorageError], int] = {
     storage_errors.StepConflict: 409,
     storage_errors.FileConflict: 409,
 }
+
+
+class RequestInvalid(Exception):
+    """Input the schemas cannot check (a file path in the URL, a header): 422 at `loc`."""
+
+    def __init__(self, loc: list[str | int], msg: str) -> None:
+        super().__init__(msg)
+        self.loc = loc
+        self.msg = msg
 
 
 class Forbidden(Exception):
@@ -69,6 +79,29 @@ async def _storage_error(_: Request, exc: Exception) -> Response:
     return storage_error_response(exc)
 
 
+def blob_error_response(exc: blob_errors.BlobError) -> Response:
+    if isinstance(exc, blob_errors.DigestMismatch):
+        return validation_error(
+            ["header", "content-digest"],
+            "the body does not match the declared sha-256 digest; nothing was stored",
+        )
+    if isinstance(exc, blob_errors.UploadNotFound):
+        return JSONBytes({"detail": "Upload not found"}, 404)
+    if isinstance(exc, blob_errors.BlobStoreUnavailable) and exc.full:
+        return JSONBytes({"detail": exc.message}, 507)
+    return JSONBytes({"detail": exc.message}, 503, headers={"Retry-After": "10"})
+
+
+async def _blob_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, blob_errors.BlobError)
+    return blob_error_response(exc)
+
+
+async def _request_invalid(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestInvalid)
+    return validation_error(exc.loc, exc.msg)
+
+
 async def _authentication_failed(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, AuthenticationFailed)
     return JSONBytes({"detail": exc.detail}, 401, headers={"WWW-Authenticate": "Bearer"})
@@ -92,4 +125,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(storage_errors.StorageError, _storage_error)
     app.add_exception_handler(AuthenticationFailed, _authentication_failed)
     app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(RequestInvalid, _request_invalid)
+    app.add_exception_handler(blob_errors.BlobError, _blob_error)
     app.add_exception_handler(HTTPException, _http_exception)

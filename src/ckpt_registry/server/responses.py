@@ -45,6 +45,8 @@ def checkpoint_detail(checkpoint: Checkpoint) -> dict[str, Any]:
         "metrics": orjson.Fragment(checkpoint.metrics_json),
         "created_at": timestamp(checkpoint.created_at),
         "updated_at": timestamp(checkpoint.updated_at),
+        "files": checkpoint.files,
+        "size_bytes": checkpoint.size_bytes,
     }
 
 

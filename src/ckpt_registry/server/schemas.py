@@ -70,10 +70,37 @@ class CheckpointResponse(BaseModel):
 
 
 class CheckpointDetail(CheckpointResponse):
-    """A checkpoint with its timestamps (ISO 8601, UTC)."""
+    """A checkpoint with its timestamps (ISO 8601, UTC) and its files (count, total size)."""
 
     created_at: str
     updated_at: str
+    files: int
+    size_bytes: int
+
+
+class FileResponse(BaseModel):
+    """A file of a checkpoint; `sha256` is lowercase hex and also its ETag."""
+
+    path: str
+    size_bytes: int
+    sha256: str
+
+
+class FileList(BaseModel):
+    object: str = Field(default="list", description="Object type identifier")
+    data: list[FileResponse]
+    has_more: bool
+
+
+class UsageResponse(BaseModel):
+    """What the key's entity holds: `logical_bytes` counts every live file, `stored_bytes` each
+    distinct content once."""
+
+    entity: str
+    checkpoints: int
+    files: int
+    logical_bytes: int
+    stored_bytes: int
 
 
 class ModelCreate(BaseModel):
@@ -135,6 +162,9 @@ class RetentionResponse(BaseModel):
     dry_run: bool
     kept_steps: list[int]
     deleted_steps: list[int]
+    freed_bytes: int = Field(
+        description="Stored bytes no live file references any more (0 on a dry run)"
+    )
 
 
 class Health(BaseModel):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..contract import MAX_JSON_BODY_BYTES
-from ..storage.urls import backend_of
+from ..storage.urls import backend_of, sqlite_path
+
+GIB = 1024**3
 
 
 class Settings(BaseSettings):
@@ -30,6 +34,28 @@ class Settings(BaseSettings):
         ge=0,
         description="how often the server purges old tombstones and finishes model deletes cut short; 0: only at start",
     )
+    blob_url: str | None = Field(
+        default=None,
+        description="where file contents are stored: a folder (file:///PATH or a path) or "
+        "s3://BUCKET/PREFIX; default: a folder beside the SQLite file (DB-blobs), or ./ckpt-blobs",
+    )
+    max_file_bytes: int = Field(default=100 * GIB, ge=1, description="the largest file; 413 above")
+    entity_quota_bytes: int | None = Field(
+        default=None, ge=0, description="stored bytes each entity may hold; 507 above; none: no quota"
+    )
+    blob_grace_seconds: float = Field(
+        default=3600,
+        ge=0,
+        description="how long an unreferenced blob is kept before the collector removes it",
+    )
+    upload_ttl_seconds: float = Field(
+        default=7 * 24 * 3600, gt=0, description="how long a resumable upload may stay unfinished"
+    )
+    presign: bool = Field(
+        default=True,
+        description="hand out presigned URLs for transfers when the blob store supports them (S3)",
+    )
+    presign_expires_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     pg_pool_size: int = Field(default=20, ge=1, le=1000)
     pg_connect_timeout: float = Field(default=5.0, gt=0)
     pg_statement_timeout: float = Field(default=10.0, gt=0)
@@ -39,3 +65,13 @@ class Settings(BaseSettings):
     def _supported_database(cls, url: str) -> str:
         backend_of(url)
         return url
+
+    @property
+    def blob_store_url(self) -> str:
+        """`blob_url`, or the default folder: beside the SQLite file, else ./ckpt-blobs."""
+        if self.blob_url:
+            return self.blob_url
+        if backend_of(self.database_url) == "sqlite":
+            database = sqlite_path(self.database_url).resolve()
+            return str(database.with_name(f"{database.stem}-blobs"))
+        return str(Path("ckpt-blobs").resolve())

@@ -70,6 +70,8 @@ def _register(
             metrics=detail.metrics,
             created_at=detail.created_at,
             updated_at=detail.updated_at,
+            files=detail.files,
+            size_bytes=detail.size_bytes,
             created=response.status_code == 201,
         )
 

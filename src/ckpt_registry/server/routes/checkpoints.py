@@ -141,6 +141,7 @@ async def apply_retention(
             "dry_run": body.dry_run,
             "kept_steps": result.kept_steps,
             "deleted_steps": result.deleted_steps,
+            "freed_bytes": result.freed_bytes,
         }
     )
 

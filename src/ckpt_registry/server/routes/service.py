@@ -6,9 +6,11 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from ...contract import API_PREFIX
+from ...blobs.errors import BlobStoreUnavailable
 from ...storage.errors import DatabaseUnavailable
 from ..auth import StorageDep
 from ..responses import JSONBytes
+from ..transfers import BlobsDep
 from ..schemas import Health, SystemCheck
 
 router = APIRouter(prefix=API_PREFIX, tags=["service"])
@@ -25,9 +27,15 @@ async def health() -> Response:
     response_model=SystemCheck,
     responses={503: {"model": SystemCheck, "description": "A check failed"}},
 )
-async def system_check(storage: StorageDep) -> Response:
+async def system_check(storage: StorageDep, blobs: BlobsDep) -> Response:
+    checks = {"database": "ok", "blobs": "ok"}
     try:
         await storage.check()
     except DatabaseUnavailable as exc:
-        return JSONBytes({"status": "error", "checks": {"database": exc.message}}, 503)
-    return JSONBytes({"status": "ok", "checks": {"database": "ok"}})
+        checks["database"] = exc.message
+    try:
+        await blobs.check()
+    except BlobStoreUnavailable as exc:
+        checks["blobs"] = exc.message
+    healthy = all(value == "ok" for value in checks.values())
+    return JSONBytes({"status": "ok" if healthy else "error", "checks": checks}, 200 if healthy else 503)
