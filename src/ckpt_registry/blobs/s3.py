@@ -69,6 +69,7 @@ class S3BlobStore:
         self.part_bytes = PART_BYTES
         self.copy_limit = COPY_LIMIT
         self.copy_part_bytes = COPY_PART_BYTES
+        self.max_attempts = 3  # per request, with botocore's backoff between them
         self._stack: AsyncExitStack | None = None
         self._s3: S3Client | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -102,7 +103,7 @@ class S3BlobStore:
             # request are refused by some S3-compatible stores (GCS interop).
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            retries={"mode": "standard", "max_attempts": 3},
+            retries={"mode": "standard", "max_attempts": self.max_attempts},
             connect_timeout=5,
             read_timeout=60,
         )
