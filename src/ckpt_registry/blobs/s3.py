@@ -49,6 +49,7 @@ MIB = 1024 * 1024
 # at least 5 MiB per part and at most 10,000 parts; part sizes grow by PART_BYTES every 1,000 parts,
 # which reaches 430 GiB before the limit.
 PART_BYTES = 8 * MIB
+MIN_PART_BYTES = 5 * MIB
 MAX_PARTS = 10_000
 # The largest object one CopyObject copies; larger ones are copied in parts of COPY_PART_BYTES.
 COPY_LIMIT = 5 * 1024 * MIB
@@ -254,10 +255,11 @@ class S3BlobStore:
                 if error_code(exc) in _MISSING:  # aborted or completed meanwhile
                     raise UploadNotFound(upload_id) from exc
                 raise
-        # Only the unbroken run of parts from 1 counts; a later part is sent again, replacing it.
+        # Only the unbroken run of whole parts from 1 counts (a short part is the last one of a
+        # finish that failed); a part after it is sent again, replacing it.
         parts = []
         for expected, part in enumerate(sorted(listed, key=lambda p: p.number), start=1):
-            if part.number != expected:
+            if part.number != expected or part.size < MIN_PART_BYTES:
                 break
             parts.append(part)
         # The parts of an unfinished multipart upload cannot be read back, so a resumed upload is
