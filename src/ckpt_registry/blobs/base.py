@@ -1,0 +1,170 @@
+"""The BlobStore and Upload interfaces both stores implement, their records, and the checks they share."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+from urllib.parse import quote
+
+# Every read yields chunks of at most this size; every write is buffered up to it (local store)
+# before it is hashed and written on a thread.
+CHUNK_BYTES = 1024 * 1024
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """A blob that exists: its content's sha256 (lowercase hex) and size in bytes."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    """One blob as a GC sweep sees it; `modified` is when it was last written (UTC)."""
+
+    sha256: str
+    size: int
+    modified: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StagedUpload:
+    """An upload that was begun and neither finished nor aborted; `touched` is its last write (UTC)."""
+
+    upload_id: str
+    touched: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PresignedPut:
+    """A direct upload: PUT the bytes to `url` with `headers`, then call
+    `BlobStore.complete_presigned_put(upload_id, sha256)` to verify them and make the blob visible."""
+
+    upload_id: str
+    url: str
+    headers: dict[str, str]
+
+
+class Upload(Protocol):
+    """Bytes being staged for one blob. One writer at a time; `offset` counts every byte written.
+
+    Dropping an Upload without `finish` or `abort` keeps what is staged for `resume_upload`; `close`
+    says so explicitly and makes the staged bytes durable."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def finish(self, expected_sha256: str | None = None) -> BlobInfo:
+        """Verify the digest (DigestMismatch removes the staged bytes) and make the blob visible under
+        its sha256 in one atomic step; if the blob exists already the staged bytes are dropped."""
+        ...
+
+    async def abort(self) -> None: ...
+
+    async def close(self) -> None:
+        """Stop writing but keep the staged bytes for `resume_upload` (S3 keeps whole parts only)."""
+        ...
+
+
+class BlobStore(Protocol):
+    """Content-addressed blobs: each is stored once under the sha256 of its bytes."""
+
+    @property
+    def url(self) -> str:
+        """Where the blobs are, for logs and messages (never holds credentials)."""
+        ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def check(self) -> None:
+        """Raise BlobStoreUnavailable(reason) unless a blob could be written now."""
+        ...
+
+    async def stat(self, sha256: str) -> int | None:
+        """The blob's size, or None when there is no such blob."""
+        ...
+
+    def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes [start, end) in chunks of at most CHUNK_BYTES. BlobNotFound is raised by the first
+        iteration, before any byte; once the first chunk came, a concurrent delete does not cut the
+        stream short. A range outside the blob raises ValueError."""
+        ...
+
+    async def delete(self, sha256: str) -> None:
+        """Remove the blob; nothing happens when there is none."""
+        ...
+
+    def list_blobs(self) -> AsyncIterator[StoredBlob]: ...
+
+    async def begin_upload(self) -> Upload: ...
+
+    async def resume_upload(self, upload_id: str) -> Upload:
+        """The staged upload, ready to take bytes from its `offset`; UploadNotFound if there is none."""
+        ...
+
+    def list_uploads(self) -> AsyncIterator[StagedUpload]: ...
+
+    async def expire_uploads(self, older_than: timedelta) -> int:
+        """Remove staged uploads not written to for `older_than`; return how many were removed."""
+        ...
+
+    async def presign_get(
+        self, sha256: str, expires_in: timedelta, filename: str | None = None
+    ) -> str | None:
+        """A URL that downloads the blob without credentials (as `filename`), or None (local store)."""
+        ...
+
+    async def presign_put(
+        self, sha256: str, size: int, expires_in: timedelta
+    ) -> PresignedPut | None:
+        """A direct upload of `size` bytes declared to hash to `sha256`, or None (local store)."""
+        ...
+
+    async def complete_presigned_put(self, upload_id: str, expected_sha256: str) -> BlobInfo:
+        """Verify a presigned upload by hashing what arrived, then make it visible (DigestMismatch
+        deletes it; UploadNotFound if nothing was uploaded)."""
+        ...
+
+
+def check_sha256(sha256: str) -> str:
+    """`sha256` if it is 64 lowercase hex digits; ValueError otherwise (it becomes part of a path)."""
+    if not _SHA256.fullmatch(sha256):
+        raise ValueError(f"not a lowercase hex sha256: {sha256!r}")
+    return sha256
+
+
+def new_upload_id() -> str:
+    return uuid.uuid4().hex
+
+
+def is_upload_id(upload_id: str) -> bool:
+    return _UPLOAD_ID.fullmatch(upload_id) is not None
+
+
+def check_range(start: int, end: int | None, size: int) -> int:
+    """The end of [start, end) within a blob of `size` bytes; ValueError if it does not fit."""
+    stop = size if end is None else end
+    if not 0 <= start <= stop <= size:
+        raise ValueError(f"range [{start}, {end}) is outside a blob of {size} bytes")
+    return stop
+
+
+def content_disposition(filename: str) -> str:
+    """An attachment header naming `filename`, readable by old clients and exact for UTF-8 (RFC 6266)."""
+    plain = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -1,0 +1,152 @@
+"""The local folder store: its layout, a full disk, locks between writers, and flat memory."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from ckpt_registry.blobs import BlobStoreUnavailable, UploadInUse, open_blob_store
+from ckpt_registry.blobs.local import LocalBlobStore
+
+from .conftest import MIB, rss_bytes
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def local(tmp_path: Path) -> AsyncIterator[LocalBlobStore]:
+    blobs = open_blob_store(f"file://{tmp_path}/blobs")
+    assert isinstance(blobs, LocalBlobStore)
+    await blobs.open()
+    try:
+        yield blobs
+    finally:
+        await blobs.close()
+
+
+async def test_layout_and_read_only_blobs(local: LocalBlobStore) -> None:
+    upload = await local.begin_upload()
+    assert (local.root / "uploads" / upload.id).exists()
+    await upload.write(b"weights")
+    blob = await upload.finish()
+
+    path = local.root / "sha256" / blob.sha256[:2] / blob.sha256
+    assert path.read_bytes() == b"weights"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    assert list((local.root / "uploads").iterdir()) == []
+    assert await local.presign_get(blob.sha256, timedelta(minutes=5)) is None
+    assert await local.presign_put(blob.sha256, 7, timedelta(minutes=5)) is None
+
+
+async def test_one_writer_per_upload(local: LocalBlobStore) -> None:
+    upload = await local.begin_upload()
+    await upload.write(b"x" * (2 * MIB))
+
+    with pytest.raises(UploadInUse):
+        await local.resume_upload(upload.id)
+    # An upload a request is writing is never expired, however old it looks.
+    assert await local.expire_uploads(timedelta(seconds=-1)) == 0
+
+    await upload.close()
+    resumed = await local.resume_upload(upload.id)
+    assert resumed.offset == 2 * MIB
+    await resumed.abort()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs: a disk that fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def fill(path: Path) -> None:
+    """Take every block left on the file system."""
+    with open(path, "wb", buffering=0) as file:
+        for block in (64 * 1024, 4096):
+            try:
+                while True:
+                    file.write(b"\0" * block)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+
+
+async def test_full_disk(small_disk: Path) -> None:
+    blobs = open_blob_store(str(small_disk / "blobs"))
+    await blobs.open()
+    try:
+        filler = small_disk / "filler"
+        filler.write_bytes(b"\0" * (2 * MIB))
+        data = os.urandom(3 * MIB)
+        upload = await blobs.begin_upload()
+
+        with pytest.raises(BlobStoreUnavailable, match="full"):
+            for start in range(0, len(data), 64 * 1024):
+                await upload.write(data[start : start + 64 * 1024])
+            await upload.finish()
+        fill(filler.with_name("more"))
+        with pytest.raises(BlobStoreUnavailable, match="full"):
+            await blobs.check()
+        assert [blob async for blob in blobs.list_blobs()] == []
+
+        # Space comes back: the cut-off upload continues from its staged bytes, and new ones work.
+        filler.unlink()
+        filler.with_name("more").unlink()
+        await blobs.check()
+        resumed = await blobs.resume_upload(upload.id)
+        assert 0 < resumed.offset < len(data)
+        await resumed.write(data[resumed.offset :])
+        blob = await resumed.finish(hashlib.sha256(data).hexdigest())
+        assert b"".join([chunk async for chunk in blobs.read(blob.sha256)]) == data
+
+        other = await blobs.begin_upload()
+        await other.write(b"next")
+        assert (await other.finish()).size == 4
+    finally:
+        await blobs.close()
+
+
+async def test_memory_stays_flat_for_a_large_blob(local: LocalBlobStore) -> None:
+    total = 512 * MIB
+    piece = os.urandom(64 * 1024)  # the size of a body chunk from uvicorn
+    expected = hashlib.sha256()
+    baseline = rss_bytes()
+    peak = baseline
+
+    upload = await local.begin_upload()
+    for n in range(total // len(piece)):
+        await upload.write(piece)
+        expected.update(piece)
+        if n % 256 == 0:
+            peak = max(peak, rss_bytes())
+    blob = await upload.finish(expected.hexdigest())
+
+    read_back = hashlib.sha256()
+    async for chunk in local.read(blob.sha256):
+        read_back.update(chunk)
+        peak = max(peak, rss_bytes())
+
+    assert blob.size == total
+    assert read_back.hexdigest() == blob.sha256
+    # One 1 MiB write buffer and one read chunk at a time; 16 MiB leaves room for the allocator.
+    assert peak - baseline < 16 * MIB, f"RSS grew by {(peak - baseline) / MIB:.1f} MiB"
+    await local.delete(blob.sha256)

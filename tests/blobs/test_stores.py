@@ -1,0 +1,262 @@
+"""The BlobStore contract, on the local folder and on S3 (moto): what goes in comes out, once, whole."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ckpt_registry.blobs import (
+    CHUNK_BYTES,
+    BlobInfo,
+    BlobNotFound,
+    BlobStore,
+    DigestMismatch,
+    Upload,
+    UploadNotFound,
+)
+
+from .conftest import MIB
+
+pytestmark = pytest.mark.anyio
+
+SMALL = b"config: {}\n" * 100
+MULTIPART = os.urandom(11 * MIB + 12_345)  # three S3 parts of 5 MiB, twelve local chunks
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def write_all(upload: Upload, data: bytes, piece: int = 100_003) -> None:
+    """Writes in odd-sized pieces, as a request body arrives."""
+    for start in range(0, len(data), piece):
+        await upload.write(data[start : start + piece])
+
+
+async def put(store: BlobStore, data: bytes, expected: str | None = None) -> BlobInfo:
+    upload = await store.begin_upload()
+    await write_all(upload, data)
+    return await upload.finish(expected)
+
+
+async def read_all(store: BlobStore, sha256: str, start: int = 0, end: int | None = None) -> bytes:
+    chunks = [chunk async for chunk in store.read(sha256, start, end)]
+    assert all(0 < len(chunk) <= CHUNK_BYTES for chunk in chunks)
+    return b"".join(chunks)
+
+
+async def blob_names(store: BlobStore) -> list[str]:
+    return sorted([blob.sha256 async for blob in store.list_blobs()])
+
+
+async def staged_ids(store: BlobStore) -> list[str]:
+    return sorted({upload.upload_id async for upload in store.list_uploads()})
+
+
+@pytest.mark.parametrize("data", [SMALL, b"", MULTIPART], ids=["small", "empty", "multipart"])
+async def test_round_trip(store: BlobStore, data: bytes) -> None:
+    await store.check()
+    blob = await put(store, data, sha(data))
+
+    assert blob == BlobInfo(sha(data), len(data))
+    assert await store.stat(blob.sha256) == len(data)
+    assert await read_all(store, blob.sha256) == data
+    assert await staged_ids(store) == []
+
+
+async def test_ranges(store: BlobStore) -> None:
+    data = MULTIPART
+    blob = await put(store, data)
+    size = len(data)
+    for start, end in [(0, 10), (5, None), (size - 1, size), (5 * MIB - 3, 5 * MIB + 3), (7, 7)]:
+        assert await read_all(store, blob.sha256, start, end) == data[start:end]
+    assert await read_all(store, blob.sha256, size, None) == b""
+    for start, end in [(0, size + 1), (size + 1, None), (10, 5), (-1, 3)]:
+        with pytest.raises(ValueError):
+            await read_all(store, blob.sha256, start, end)
+
+
+async def test_same_content_twice_is_one_blob(store: BlobStore) -> None:
+    first = await put(store, MULTIPART)
+    second = await put(store, MULTIPART)
+    small = await put(store, SMALL)
+    again = await put(store, SMALL)
+
+    assert first == second
+    assert small == again
+    assert await blob_names(store) == sorted([first.sha256, small.sha256])
+    assert await staged_ids(store) == []
+
+
+@pytest.mark.parametrize("data", [SMALL, MULTIPART], ids=["small", "multipart"])
+async def test_digest_mismatch_leaves_nothing(store: BlobStore, data: bytes) -> None:
+    declared = sha(b"something else")
+    upload = await store.begin_upload()
+    await write_all(upload, data)
+
+    with pytest.raises(DigestMismatch) as raised:
+        await upload.finish(declared)
+
+    assert raised.value.actual == sha(data)
+    assert await store.stat(sha(data)) is None
+    assert await store.stat(declared) is None
+    assert await blob_names(store) == []
+    assert await staged_ids(store) == []
+    with pytest.raises(UploadNotFound):
+        await store.resume_upload(upload.id)
+
+
+async def test_nothing_is_visible_before_finish(store: BlobStore) -> None:
+    upload = await store.begin_upload()
+    await write_all(upload, MULTIPART)  # whole parts have reached the store by now
+
+    assert await store.stat(sha(MULTIPART)) is None
+    assert await blob_names(store) == []
+    with pytest.raises(BlobNotFound):
+        await read_all(store, sha(MULTIPART))
+
+    await upload.finish()
+    assert await store.stat(sha(MULTIPART)) == len(MULTIPART)
+
+
+async def test_resume_continues_from_the_staged_offset(store: BlobStore) -> None:
+    data = MULTIPART
+    upload = await store.begin_upload()
+    await write_all(upload, data[: 7 * MIB + 3])
+    upload_id = upload.id
+    await upload.close()  # the connection dropped
+
+    resumed = await store.resume_upload(upload_id)
+    staged = resumed.offset
+    # Local: every byte written; S3: whole parts only (one 5 MiB part).
+    assert 5 * MIB <= staged <= 7 * MIB + 3
+    assert resumed.id == upload_id
+    await write_all(resumed, data[staged:])
+    blob = await resumed.finish(sha(data))
+
+    assert blob == BlobInfo(sha(data), len(data))
+    assert await read_all(store, blob.sha256) == data
+    assert await staged_ids(store) == []
+
+
+async def test_resume_after_an_upload_is_dropped_without_close(store: BlobStore) -> None:
+    data = MULTIPART
+    upload = await store.begin_upload()
+    await write_all(upload, data[: 6 * MIB])
+    upload_id = upload.id
+    del upload
+    gc.collect()
+
+    resumed = await store.resume_upload(upload_id)
+    assert 5 * MIB <= resumed.offset <= 6 * MIB
+    await write_all(resumed, data[resumed.offset :])
+    assert await resumed.finish() == BlobInfo(sha(data), len(data))
+
+
+async def test_resumed_upload_with_wrong_digest_leaves_nothing(store: BlobStore) -> None:
+    upload = await store.begin_upload()
+    await write_all(upload, MULTIPART[: 6 * MIB])
+    await upload.close()
+    resumed = await store.resume_upload(upload.id)
+    await write_all(resumed, b"not the rest of it")
+
+    with pytest.raises(DigestMismatch):
+        await resumed.finish(sha(MULTIPART))
+
+    assert await blob_names(store) == []
+    assert await staged_ids(store) == []
+
+
+async def test_resume_of_unknown_finished_or_aborted_uploads(store: BlobStore) -> None:
+    for upload_id in ["0" * 32, "../../etc/passwd", "", "A" * 32]:
+        with pytest.raises(UploadNotFound):
+            await store.resume_upload(upload_id)
+
+    finished = await store.begin_upload()
+    await finished.write(SMALL)
+    await finished.finish()
+    with pytest.raises(UploadNotFound):
+        await store.resume_upload(finished.id)
+
+    aborted = await store.begin_upload()
+    await write_all(aborted, MULTIPART[: 6 * MIB])
+    await aborted.abort()
+    with pytest.raises(UploadNotFound):
+        await store.resume_upload(aborted.id)
+    assert await staged_ids(store) == []
+    assert await blob_names(store) == [sha(SMALL)]
+
+
+async def test_delete_is_idempotent(store: BlobStore) -> None:
+    blob = await put(store, SMALL)
+    kept = await put(store, b"another")
+
+    await store.delete(blob.sha256)
+    await store.delete(blob.sha256)
+    await store.delete(sha(b"never stored"))
+
+    assert await store.stat(blob.sha256) is None
+    with pytest.raises(BlobNotFound):
+        await read_all(store, blob.sha256)
+    assert await blob_names(store) == [kept.sha256]
+
+
+async def test_a_read_in_progress_survives_a_delete(store: BlobStore) -> None:
+    blob = await put(store, MULTIPART)
+    chunks = store.read(blob.sha256)
+    first = await anext(chunks)
+    await store.delete(blob.sha256)
+
+    rest = [chunk async for chunk in chunks]
+    assert first + b"".join(rest) == MULTIPART
+
+
+async def test_list_blobs(store: BlobStore) -> None:
+    before = datetime.now(UTC) - timedelta(minutes=5)
+    contents = [SMALL, b"", b"x" * 3000]
+    for data in contents:
+        await put(store, data)
+    staged = await store.begin_upload()  # staged bytes are not blobs
+    await staged.write(b"partial")
+    await staged.close()
+
+    listed = [blob async for blob in store.list_blobs()]
+
+    assert sorted((b.sha256, b.size) for b in listed) == sorted(
+        (sha(data), len(data)) for data in contents
+    )
+    assert all(
+        before < blob.modified <= datetime.now(UTC) + timedelta(minutes=5) for blob in listed
+    )
+
+
+async def test_expire_uploads_removes_only_old_ones(store: BlobStore) -> None:
+    upload = await store.begin_upload()
+    await write_all(upload, MULTIPART[: 6 * MIB])
+    await upload.close()
+    assert await staged_ids(store) == [upload.id]
+
+    assert await store.expire_uploads(timedelta(hours=1)) == 0
+    assert await staged_ids(store) == [upload.id]
+
+    assert await store.expire_uploads(timedelta(seconds=-1)) == 1
+    assert await staged_ids(store) == []
+    with pytest.raises(UploadNotFound):
+        await store.resume_upload(upload.id)
+
+
+async def test_invalid_sha256_is_refused_before_any_io(store: BlobStore) -> None:
+    for bad in ["../" + "0" * 61, "A" * 64, "0" * 63]:
+        with pytest.raises(ValueError):
+            await store.stat(bad)
+        with pytest.raises(ValueError):
+            await store.delete(bad)
+        upload = await store.begin_upload()
+        await upload.write(b"x")
+        with pytest.raises(ValueError):
+            await upload.finish(bad)
+        await upload.abort()
