@@ -34,16 +34,16 @@ class Software:
     """One way of serving an ASGI app: the command, given the app's import target and a port."""
 
     name: str
-    command: Callable[[str, int, bool], list[str]]  # (target, port, factory) -> argv
+    command: Callable[[str, int, bool, int], list[str]]  # (target, port, factory, workers) -> argv
 
 
-def uvicorn_command(http: str) -> Callable[[str, int, bool], list[str]]:
-    def command(target: str, port: int, factory: bool) -> list[str]:
-        # `ckpt serve`'s options: one worker, uvloop, no access log.
+def uvicorn_command(http: str) -> Callable[[str, int, bool, int], list[str]]:
+    def command(target: str, port: int, factory: bool, workers: int) -> list[str]:
+        # `ckpt serve`'s options: uvloop (its "auto" picks it), no access log.
         return [
             sys.executable,
             *("-m", "uvicorn", target, "--host", HOST, "--port", str(port)),
-            *("--workers", "1", "--loop", "uvloop", "--http", http, "--no-access-log"),
+            *("--workers", str(workers), "--loop", "uvloop", "--http", http, "--no-access-log"),
             *("--log-level", "warning"),
             *(["--factory"] if factory else []),
         ]
@@ -51,11 +51,11 @@ def uvicorn_command(http: str) -> Callable[[str, int, bool], list[str]]:
     return command
 
 
-def granian_command(target: str, port: int, factory: bool) -> list[str]:
+def granian_command(target: str, port: int, factory: bool, workers: int) -> list[str]:
     return [
         str(VENV_BIN / "granian"),
-        *("--interface", "asgi", "--host", HOST, "--port", str(port)),
-        *("--workers", "1", "--loop", "uvloop", "--no-access-log", "--log-level", "warning"),
+        *("--interface", "asgi", "--host", HOST, "--port", str(port), "--workers", str(workers)),
+        *("--loop", "uvloop", "--no-access-log", "--log-level", "warning"),
         *(["--factory"] if factory else []),
         target,
     ]
@@ -73,6 +73,7 @@ def serve(
     *,
     env: dict[str, str],
     factory: bool = False,
+    workers: int = 1,
     prefix: list[str] | None = None,
     log_name: str,
 ) -> Server:
@@ -80,7 +81,7 @@ def serve(
     port = free_port()
     log_path = OUT / f"{log_name}.log"
     child = spawn(
-        [*(prefix or []), *software.command(target, port, factory)],
+        [*(prefix or []), *software.command(target, port, factory, workers)],
         log_path=log_path,
         env={**os.environ, "PYTHONPATH": str(HERE), **env},
     )
