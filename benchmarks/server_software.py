@@ -218,9 +218,14 @@ def behaviour(software: Software) -> dict[str, str]:
             received += len(sock.recv(65536))
         sock.close()
         seen = wait_for(events, "download-disconnect")
-        found["download cut: app sees disconnect"] = (
-            f"yes ({seen[0]['seen_by']}, after {seen[0]['sent'] // MIB} MiB)" if seen else "NO"
-        )
+        if seen:
+            verdict = f"yes ({seen[0]['seen_by']}, after {seen[0]['sent'] // MIB} MiB)"
+        elif ran := [e for e in read_events(events) if e["event"] == "download-complete"]:
+            # Every send succeeded on the closed connection and receive() never said so.
+            verdict = f"NO: the app sent all {ran[0]['sent'] // MIB} MiB into the void"
+        else:
+            verdict = "NO"
+        found["download cut: app sees disconnect"] = verdict
     finally:
         stop(server.child)
     found["lifespan shutdown (SIGTERM)"] = "yes" if wait_for(events, "shutdown", 1) else "NO"
