@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -306,23 +307,47 @@ def copy(source: Path, target: Path) -> Transfer:
 # The file ---------------------------------------------------------------------------------------
 
 
-def source_file(size_mib: int) -> tuple[Path, str]:
-    """A file of `size_mib` MiB of random bytes in benchmarks/out/ (kept for the next run) and its
-    sha256. Random, so that nothing on the way can compress or deduplicate it."""
+TAIL = 32  # the bytes `Source.renew` rewrites
+
+
+@dataclass
+class Source:
+    """The file the benchmarks move, and the sha256 state of all but its last `TAIL` bytes."""
+
+    path: Path
+    size: int
+    head: Any  # hashlib's sha256 object over the first size - TAIL bytes
+
+    def renew(self) -> str:
+        """New random last bytes, so that every upload is new content (the files route stores
+        identical content once, and could skip writing it); the file's new sha256."""
+        tail = os.urandom(TAIL)
+        with self.path.open("r+b") as file:
+            file.seek(self.size - TAIL)
+            file.write(tail)
+        digest = self.head.copy()
+        digest.update(tail)
+        return str(digest.hexdigest())
+
+
+def source_file(size_mib: int) -> Source:
+    """A file of `size_mib` MiB of random bytes in benchmarks/out/ (kept for the next run).
+    Random, so that nothing on the way can compress it."""
     OUT.mkdir(exist_ok=True)
     path = OUT / f"transfer-{size_mib}MiB.bin"
-    digest = hashlib.sha256()
-    if path.exists() and path.stat().st_size == size_mib * MIB:
-        with path.open("rb", buffering=0) as file:
-            while chunk := file.read(SOURCE_CHUNK):
-                digest.update(chunk)
-        return path, digest.hexdigest()
-    log(f"writing {size_mib} MiB of random bytes to {path}")
-    partial = path.with_suffix(".partial")
-    with partial.open("wb") as file:
-        for _ in range(size_mib):
-            chunk = os.urandom(MIB)
-            digest.update(chunk)
-            file.write(chunk)
-    partial.rename(path)
-    return path, digest.hexdigest()
+    size = size_mib * MIB
+    if not path.exists() or path.stat().st_size != size:
+        log(f"writing {size_mib} MiB of random bytes to {path}")
+        partial = path.with_suffix(".partial")
+        with partial.open("wb") as file:
+            for _ in range(size_mib):
+                file.write(os.urandom(MIB))
+        partial.rename(path)
+    head = hashlib.sha256()
+    with path.open("rb", buffering=0) as file:
+        left = size - TAIL
+        while left:
+            chunk = file.read(min(SOURCE_CHUNK, left))
+            head.update(chunk)
+            left -= len(chunk)
+    return Source(path, size, head)

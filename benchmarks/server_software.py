@@ -158,7 +158,7 @@ def raw_request(port: int, head: str) -> socket.socket:
 
 def behaviour(software: Software) -> dict[str, str]:
     """What `ckpt serve` relies on, checked on the bare app under `software`."""
-    source, _ = source_file(64)
+    source = source_file(64).path
     sink = OUT / "server-software-sink"
     sink.mkdir(exist_ok=True)
     name = software.name.replace(" ", "-")

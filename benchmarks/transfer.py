@@ -204,8 +204,8 @@ def attempt(rows: Rows, direction: str, move: Callable[..., Transfer], *argument
 
 
 def run(args: argparse.Namespace) -> list[Rows]:
-    source, sha256 = source_file(args.size_mib)
-    size = source.stat().st_size
+    file = source_file(args.size_mib)
+    source, size = file.path, file.size
     sink = OUT / "transfer-sink"
     shutil.rmtree(sink, ignore_errors=True)
     sink.mkdir()
@@ -228,15 +228,17 @@ def run(args: argparse.Namespace) -> list[Rows]:
         log(f"round {round_number} of {args.rounds}")
         attempt(cp, UP, copy, source, OUT / "transfer-copy.bin")
         for software, server in bare.items():
+            sha256 = file.renew()
             name = f"{round_number}-{uuid.uuid4()}.bin"
             url = f"{server.base_url}/upload/{name}"
             attempt(bare_rows[software], UP, upload, args.client, url, source, sha256, server.pid)
             (sink / name).unlink(missing_ok=True)
             url = f"{server.base_url}/download"
             attempt(bare_rows[software], DOWN, download, args.client, url, size, server.pid)
-        for name, server in ours.items() if available else ():
+        for index, (name, server) in enumerate(ours.items() if available else ()):
             at = replace(checkpoint, base_url=server.base_url)
-            path = f"round-{round_number}/{name.split()[-1]}.bin"
+            path = f"round-{round_number}/weights-{index}.bin"
+            sha256 = file.renew()
             attempt(
                 ckpt_rows[name], UP, ckpt_upload, at, args.client, source, sha256, path, server.pid
             )
@@ -250,6 +252,7 @@ def run(args: argparse.Namespace) -> list[Rows]:
             for software in (UVICORN_HTTPTOOLS, GRANIAN):
                 server = bare[software]
                 rows = Rows(f"client {client}, bare app, {software.name}")
+                sha256 = file.renew()
                 name = f"client-{uuid.uuid4()}.bin"
                 url = f"{server.base_url}/upload/{name}"
                 attempt(rows, UP, upload, client, url, source, sha256, server.pid)
