@@ -66,7 +66,8 @@ def raise_keyboard_interrupt(signum: int, _frame: object) -> None:
 
 NOT_AVAILABLE = "not available: the files route does not exist yet"
 
-# Settings `ckpt serve` needs for its local store, pointed into the benchmark's folder (none yet).
+# Settings `ckpt serve` needs for its local store (none yet): name -> value, where "{store}" in a
+# value becomes a new, empty folder in benchmarks/out/.
 STORE_ENV: dict[str, str] = {}
 
 
@@ -218,12 +219,16 @@ def run(args: argparse.Namespace) -> list[Rows]:
     log("starting ckpt serve, and its app under granian")
     ours, key = start_ckpt_servers()
     checkpoint = create_checkpoint(next(iter(ours.values())).base_url, key)
-    available = files_route_exists(checkpoint)
-    log(f"ckpt serve files route: {'served' if available else NOT_AVAILABLE}")
+    try:
+        available = files_route_exists(checkpoint)
+        unavailable = "" if available else NOT_AVAILABLE
+    except Exception as exc:
+        available, unavailable = False, f"FAIL: {exc}"[:200]
+    log(f"ckpt serve files route: {unavailable or 'served'}")
 
     cp = Rows("cp + sync (file to file)")
     bare_rows = {software: Rows(f"bare app, {software.name}") for software in SOFTWARE}
-    ckpt_rows = {name: Rows(name, failure="" if available else NOT_AVAILABLE) for name in ours}
+    ckpt_rows = {name: Rows(name, failure=unavailable) for name in ours}
     for round_number in range(1, args.rounds + 1):
         log(f"round {round_number} of {args.rounds}")
         attempt(cp, UP, copy, source, OUT / "transfer-copy.bin")
