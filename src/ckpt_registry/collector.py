@@ -3,10 +3,12 @@ short, purge old tombstones, forget expired uploads, and remove blobs no file re
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from .blobs import BlobStore
+from .blobs import BlobStore, UploadInUse, UploadNotFound
 from .storage import Storage
 
 
@@ -34,10 +36,9 @@ async def collect(
     tombstones = await storage.purge_tombstones(now - timedelta(seconds=tombstone_ttl))
     expired = await storage.expire_uploads(now - timedelta(seconds=upload_ttl))
     for upload_id in expired:
-        await blobs.discard_upload(upload_id)
+        with contextlib.suppress(UploadNotFound, UploadInUse):
+            await (await blobs.resume_upload(uuid.UUID(upload_id).hex)).abort()
     # Staged bytes no upload row names (a process killed between the two) go after the same age.
-    await blobs.expire_uploads(now - timedelta(seconds=upload_ttl))
-    removed, freed = await storage.collect_blobs(
-        now - timedelta(seconds=blob_grace), blobs.delete
-    )
+    await blobs.expire_uploads(timedelta(seconds=upload_ttl))
+    removed, freed = await storage.collect_blobs(now - timedelta(seconds=blob_grace), blobs.delete)
     return Collected(finished, tombstones, len(expired), removed, freed)

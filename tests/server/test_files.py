@@ -37,7 +37,9 @@ def checkpoint_id(api: httpx.Client, model_id: str) -> str:
     return str(register(api, model_id, 100, {"loss": 0.5})["id"])
 
 
-def put(api: httpx.Client, model_id: str, checkpoint_id: str, path: str, data: bytes, **kw: Any) -> httpx.Response:
+def put(
+    api: httpx.Client, model_id: str, checkpoint_id: str, path: str, data: bytes, **kw: Any
+) -> httpx.Response:
     return api.put(files_url(model_id, checkpoint_id, path), content=data, **kw)
 
 
@@ -88,7 +90,10 @@ def test_upload_download_and_delete_a_file(
     gone = api.get(files_url(model_id, checkpoint_id, "adapter/model.safetensors"))
     assert gone.status_code == 404
     assert gone.json() == {"detail": "File not found"}
-    assert api.delete(files_url(model_id, checkpoint_id, "adapter/model.safetensors")).status_code == 404
+    assert (
+        api.delete(files_url(model_id, checkpoint_id, "adapter/model.safetensors")).status_code
+        == 404
+    )
     detail = api.get(f"/preview/models/{model_id}/checkpoints/{checkpoint_id}").json()
     assert (detail["files"], detail["size_bytes"]) == (0, 0)
 
@@ -135,7 +140,9 @@ def test_ranges(
     put(api, model_id, checkpoint_id, "f", data)
 
     for method in ("GET", "HEAD"):
-        response = api.request(method, files_url(model_id, checkpoint_id, "f"), headers={"Range": header})
+        response = api.request(
+            method, files_url(model_id, checkpoint_id, "f"), headers={"Range": header}
+        )
         assert response.status_code == status, (method, response.text)
         if expected is None:
             assert response.headers["content-range"] == "bytes */100"
@@ -186,28 +193,41 @@ def test_files_are_listed_in_byte_order_with_cursor_pages(
         query["after"] = page["data"][-1]["path"]
     assert walked == expected
     for limit in (0, 1001, "x"):
-        assert api.get(files_url(model_id, checkpoint_id), params={"limit": limit}).status_code == 422
+        assert (
+            api.get(files_url(model_id, checkpoint_id), params={"limit": limit}).status_code == 422
+        )
 
 
 def test_content_digest_is_checked_and_a_mismatch_stores_nothing(
     api: httpx.Client, model_id: str, checkpoint_id: str, blob_url: str
 ) -> None:
     data = b"the real bytes"
-    ok = put(api, model_id, checkpoint_id, "a", data, headers={"Content-Digest": digest_header(data)})
+    ok = put(
+        api, model_id, checkpoint_id, "a", data, headers={"Content-Digest": digest_header(data)}
+    )
     assert ok.status_code == 201
     before = blob_files(blob_url)
 
-    bad = put(api, model_id, checkpoint_id, "b", data, headers={"Content-Digest": digest_header(b"x")})
+    bad = put(
+        api, model_id, checkpoint_id, "b", data, headers={"Content-Digest": digest_header(b"x")}
+    )
 
     assert bad.status_code == 422
     assert bad.json()["detail"][0]["loc"] == ["header", "content-digest"]
     assert api.get(files_url(model_id, checkpoint_id, "b")).status_code == 404
     assert blob_files(blob_url) == before
     for malformed in ("sha-256=abc", "sha-256=:bm90IDMyIGJ5dGVz:", "sha-512=:AAAA:"):
-        response = put(api, model_id, checkpoint_id, "c", data, headers={"Content-Digest": malformed})
+        response = put(
+            api, model_id, checkpoint_id, "c", data, headers={"Content-Digest": malformed}
+        )
         assert response.status_code == 422, malformed
     several = f"sha-512=:AAAA:, {digest_header(data)}"
-    assert put(api, model_id, checkpoint_id, "d", data, headers={"Content-Digest": several}).status_code == 201
+    assert (
+        put(
+            api, model_id, checkpoint_id, "d", data, headers={"Content-Digest": several}
+        ).status_code
+        == 201
+    )
 
 
 BAD_PATHS = [
@@ -270,9 +290,7 @@ def raw_request(method: str, url: str, key: str, body: bytes | None) -> tuple[in
     return int(head.split()[1]), rest
 
 
-def test_dedup_and_usage(
-    api: httpx.Client, model_id: str, blob_url: str
-) -> None:
+def test_dedup_and_usage(api: httpx.Client, model_id: str, blob_url: str) -> None:
     tokenizer = b"tokenizer" * 500
     empty = api.get("/preview/usage").json()
     assert empty == {
@@ -342,7 +360,9 @@ def test_concurrent_uploads_of_one_path_end_with_one_file(
 
     def upload(index: int) -> None:
         with server.client(api_key) as client:
-            statuses[index] = put(client, model_id, checkpoint_id, "race", contents[index]).status_code
+            statuses[index] = put(
+                client, model_id, checkpoint_id, "race", contents[index]
+            ).status_code
 
     threads = [threading.Thread(target=upload, args=(index,)) for index in range(len(contents))]
     for thread in threads:
@@ -359,7 +379,12 @@ def test_concurrent_uploads_of_one_path_end_with_one_file(
 
 
 def test_a_body_cut_short_leaves_nothing(
-    server_url: str, api: httpx.Client, api_key: str, model_id: str, checkpoint_id: str, blob_url: str
+    server_url: str,
+    api: httpx.Client,
+    api_key: str,
+    model_id: str,
+    checkpoint_id: str,
+    blob_url: str,
 ) -> None:
     put(api, model_id, checkpoint_id, "warm-up", b"x")
     before = blob_files(blob_url)
@@ -396,7 +421,8 @@ def test_deleting_checkpoints_makes_their_files_unreachable_and_retention_report
         put(api, model_id, checkpoint, "own", own[step])
 
     retention = api.post(
-        f"/preview/models/{model_id}/checkpoints/retention", json={"keep_latest": 2, "dry_run": True}
+        f"/preview/models/{model_id}/checkpoints/retention",
+        json={"keep_latest": 2, "dry_run": True},
     ).json()
     assert retention["freed_bytes"] == 0
     retention = api.post(
@@ -422,7 +448,9 @@ def test_file_size_limit_is_answered_before_the_body(
 
     from ..conftest import serving
 
-    settings = Settings(database_url=database_url, blob_url=blob_url, gc_interval_seconds=0, max_file_bytes=1000)
+    settings = Settings(
+        database_url=database_url, blob_url=blob_url, gc_interval_seconds=0, max_file_bytes=1000
+    )
     with serving(settings) as server, server.client(api_key) as api:
         model = create_model(api, "limits")
         checkpoint = register(api, model, 1)["id"]
@@ -438,9 +466,13 @@ def test_file_size_limit_is_answered_before_the_body(
             )
             answer = sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 413")
-        chunked = api.put(files_url(model, checkpoint, "big"), content=iter([b"x" * 600, b"y" * 600]))
+        chunked = api.put(
+            files_url(model, checkpoint, "big"), content=iter([b"x" * 600, b"y" * 600])
+        )
         assert chunked.status_code == 413
-        assert api.put(files_url(model, checkpoint, "small"), content=b"x" * 1000).status_code == 201
+        assert (
+            api.put(files_url(model, checkpoint, "small"), content=b"x" * 1000).status_code == 201
+        )
         assert api.get(files_url(model, checkpoint)).json()["data"] == [
             {"path": "small", "size_bytes": 1000, "sha256": sha(b"x" * 1000)}
         ]
@@ -451,13 +483,21 @@ def test_entity_quota_answers_507(database_url: str, blob_url: str, api_key: str
 
     from ..conftest import serving
 
-    settings = Settings(database_url=database_url, blob_url=blob_url, gc_interval_seconds=0, entity_quota_bytes=1500)
+    settings = Settings(
+        database_url=database_url, blob_url=blob_url, gc_interval_seconds=0, entity_quota_bytes=1500
+    )
     with serving(settings) as server, server.client(api_key) as api:
         model = create_model(api, "quota")
         checkpoint = register(api, model, 1)["id"]
         assert api.put(files_url(model, checkpoint, "a"), content=b"a" * 1000).status_code == 201
-        # The same content again costs nothing stored.
-        assert api.put(files_url(model, checkpoint, "copy"), content=b"a" * 1000).status_code == 201
+        # An upload needs room for its bytes; content the entity holds is attached for nothing.
+        copy = {"path": "copy", "sha256": sha(b"a" * 1000), "size_bytes": 1000}
+        batch = api.post(
+            f"/preview/models/{model}/checkpoints/{checkpoint}/transfers",
+            json={"operation": "upload", "files": [copy]},
+        )
+        assert batch.json()["files"][0]["action"] == "attached"
+        assert api.put(files_url(model, checkpoint, "again"), content=b"a" * 1000).status_code == 507
         over = api.put(files_url(model, checkpoint, "b"), content=b"b" * 1000)
         assert over.status_code == 507
         assert "quota" in over.json()["detail"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -53,6 +53,10 @@ class PresignedPut:
     headers: dict[str, str]
 
 
+# Called with the blob an upload will become, before it becomes visible (see Upload.finish).
+OnDigest = Callable[[BlobInfo], Awaitable[None]]
+
+
 class Upload(Protocol):
     """Bytes being staged for one blob. One writer at a time; `offset` counts every byte written.
 
@@ -67,9 +71,15 @@ class Upload(Protocol):
 
     async def write(self, chunk: bytes) -> None: ...
 
-    async def finish(self, expected_sha256: str | None = None) -> BlobInfo:
+    async def finish(
+        self, expected_sha256: str | None = None, on_digest: OnDigest | None = None
+    ) -> BlobInfo:
         """Verify the digest (DigestMismatch removes the staged bytes) and make the blob visible under
-        its sha256 in one atomic step; if the blob exists already the staged bytes are dropped."""
+        its sha256 in one atomic step; if the blob exists already the staged bytes are dropped.
+
+        `on_digest(blob)` runs once the digest is known and checked, before the blob is looked for
+        or made visible: the registry marks the blob as about to be referenced there, so its
+        collector cannot remove an existing blob this upload is about to rely on."""
         ...
 
     async def abort(self) -> None: ...
@@ -135,7 +145,9 @@ class BlobStore(Protocol):
         """A direct upload of `size` bytes declared to hash to `sha256`, or None (local store)."""
         ...
 
-    async def complete_presigned_put(self, upload_id: str, expected_sha256: str) -> BlobInfo:
+    async def complete_presigned_put(
+        self, upload_id: str, expected_sha256: str, on_digest: OnDigest | None = None
+    ) -> BlobInfo:
         """Verify a presigned upload by hashing what arrived, then make it visible (DigestMismatch
         deletes it; UploadNotFound if nothing was uploaded)."""
         ...

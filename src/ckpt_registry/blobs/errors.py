@@ -31,11 +31,13 @@ class BlobError(Exception):
 
 
 class BlobStoreUnavailable(BlobError):
-    """The store cannot serve the request now; `reason` says why in words an operator can act on."""
+    """The store cannot serve the request now; `reason` says why in words an operator can act on.
+    `full`: the disk (or the quota) under the store is full, which the server answers with 507."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, full: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.full = full
 
 
 class BlobNotFound(BlobError):

@@ -24,6 +24,7 @@ from typing import TypeVar
 from .base import (
     CHUNK_BYTES,
     BlobInfo,
+    OnDigest,
     PresignedPut,
     StagedUpload,
     StoredBlob,
@@ -237,6 +238,7 @@ class LocalBlobStore:
         self,
         upload_id: str,
         expected_sha256: str,  # noqa: ARG002
+        on_digest: OnDigest | None = None,  # noqa: ARG002
     ) -> BlobInfo:
         raise UploadNotFound(upload_id)
 
@@ -302,18 +304,26 @@ class LocalUpload:
             raise
         self._staged += len(data)
 
-    async def finish(self, expected_sha256: str | None = None) -> BlobInfo:
+    async def finish(
+        self, expected_sha256: str | None = None, on_digest: OnDigest | None = None
+    ) -> BlobInfo:
         if expected_sha256 is not None:
             check_sha256(expected_sha256)
         await self._flush()
         fd = self._held_fd()
         store, path, size = self._store, self._path, self._staged
         sha256 = self._hasher.hexdigest()
+        if expected_sha256 is not None and sha256 != expected_sha256:
+            await self.abort()
+            raise DigestMismatch(expected_sha256, sha256)
+        if on_digest is not None:
+            try:
+                await on_digest(BlobInfo(sha256, size))
+            except BaseException:
+                self._release()  # staged bytes kept: the caller aborts or resumes
+                raise
 
         def publish() -> BlobInfo:
-            if expected_sha256 is not None and sha256 != expected_sha256:
-                path.unlink(missing_ok=True)
-                raise DigestMismatch(expected_sha256, sha256)
             target = store.blob_path(sha256)
             if target.exists():
                 path.unlink(missing_ok=True)
@@ -411,7 +421,7 @@ def _utc(timestamp: float) -> datetime:
 
 def unavailable(exc: OSError, doing: str, root: Path) -> BlobStoreUnavailable:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return BlobStoreUnavailable(f"the blob folder {root} is full ({doing})")
+        return BlobStoreUnavailable(f"the blob folder {root} is full ({doing})", full=True)
     if exc.errno == errno.EROFS:
         return BlobStoreUnavailable(f"the blob folder {root} is read-only ({doing})")
     if exc.errno in (errno.EACCES, errno.EPERM):

@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .base import (
     CHUNK_BYTES,
     BlobInfo,
+    OnDigest,
     PresignedPut,
     StagedUpload,
     StoredBlob,
@@ -372,14 +373,20 @@ class S3BlobStore:
         headers = {"x-amz-checksum-sha256": checksum, "content-length": str(size)}
         return PresignedPut(upload_id, url, headers)
 
-    async def complete_presigned_put(self, upload_id: str, expected_sha256: str) -> BlobInfo:
+    async def complete_presigned_put(
+        self, upload_id: str, expected_sha256: str, on_digest: OnDigest | None = None
+    ) -> BlobInfo:
         check_sha256(expected_sha256)
         if not is_upload_id(upload_id):
             raise UploadNotFound(upload_id)
-        return await self.publish_staged(upload_id, expected_sha256, known=None)
+        return await self.publish_staged(upload_id, expected_sha256, None, on_digest)
 
     async def publish_staged(
-        self, upload_id: str, expected_sha256: str | None, known: BlobInfo | None
+        self,
+        upload_id: str,
+        expected_sha256: str | None,
+        known: BlobInfo | None,
+        on_digest: OnDigest | None,
     ) -> BlobInfo:
         """Make the staged object `uploads/<id>` the blob it hashes to (hashing it first unless
         `known`), then remove it. DigestMismatch and an existing blob remove it too."""
@@ -389,6 +396,8 @@ class S3BlobStore:
                 blob = known or await self._hash_object(key, upload_id)
                 if expected_sha256 is not None and blob.sha256 != expected_sha256:
                     raise DigestMismatch(expected_sha256, blob.sha256)
+                if on_digest is not None and known is None:
+                    await on_digest(blob)
                 if await self.stat(blob.sha256) is None:
                     await self._copy(key, self.blob_key(blob.sha256), blob.size)
             finally:
@@ -516,7 +525,9 @@ class S3Upload:
             await store.hash_on_thread(self._hasher, data)
         self._parts.append(_Part(number, answer["ETag"], len(data)))
 
-    async def finish(self, expected_sha256: str | None = None) -> BlobInfo:
+    async def finish(
+        self, expected_sha256: str | None = None, on_digest: OnDigest | None = None
+    ) -> BlobInfo:
         if expected_sha256 is not None:
             check_sha256(expected_sha256)
         if self._closed:
@@ -530,6 +541,8 @@ class S3Upload:
                 if expected_sha256 is not None and blob.sha256 != expected_sha256:
                     await self._abort()
                     raise DigestMismatch(expected_sha256, blob.sha256)
+                if on_digest is not None:
+                    await on_digest(blob)
                 if await store.stat(blob.sha256) is not None:
                     await self._abort()
                     return blob
@@ -554,7 +567,7 @@ class S3Upload:
         except BaseException:
             self._buffer = bytearray()
             raise
-        return await store.publish_staged(self._id, expected_sha256, known=blob)
+        return await store.publish_staged(self._id, expected_sha256, blob, on_digest)
 
     async def _put_whole(self, blob: BlobInfo) -> None:
         store = self._store

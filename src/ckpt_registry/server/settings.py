@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ..blobs import default_blob_url
 from ..contract import MAX_JSON_BODY_BYTES
-from ..storage.urls import backend_of, sqlite_path
+from ..storage.urls import backend_of
 
 GIB = 1024**3
 
@@ -37,11 +36,14 @@ class Settings(BaseSettings):
     blob_url: str | None = Field(
         default=None,
         description="where file contents are stored: a folder (file:///PATH or a path) or "
-        "s3://BUCKET/PREFIX; default: a folder beside the SQLite file (DB-blobs), or ./ckpt-blobs",
+        "s3://BUCKET/PREFIX; default with SQLite: the folder beside the file (ckpt.db-blobs); "
+        "required with PostgreSQL",
     )
     max_file_bytes: int = Field(default=100 * GIB, ge=1, description="the largest file; 413 above")
     entity_quota_bytes: int | None = Field(
-        default=None, ge=0, description="stored bytes each entity may hold; 507 above; none: no quota"
+        default=None,
+        ge=0,
+        description="stored bytes each entity may hold; 507 above; none: no quota",
     )
     blob_grace_seconds: float = Field(
         default=3600,
@@ -66,12 +68,18 @@ class Settings(BaseSettings):
         backend_of(url)
         return url
 
+    @model_validator(mode="after")
+    def _blob_store_named(self) -> Settings:
+        if not self.blob_url and default_blob_url(self.database_url) is None:
+            raise ValueError(
+                "with PostgreSQL, set CKPT_BLOB_URL (--blob-url) to the blob store every server "
+                "on this database shares: a folder they all see, or s3://BUCKET/PREFIX"
+            )
+        return self
+
     @property
     def blob_store_url(self) -> str:
-        """`blob_url`, or the default folder: beside the SQLite file, else ./ckpt-blobs."""
-        if self.blob_url:
-            return self.blob_url
-        if backend_of(self.database_url) == "sqlite":
-            database = sqlite_path(self.database_url).resolve()
-            return str(database.with_name(f"{database.stem}-blobs"))
-        return str(Path("ckpt-blobs").resolve())
+        """`blob_url`, or the folder beside the SQLite file (`ckpt.db` -> `ckpt.db-blobs`)."""
+        url = self.blob_url or default_blob_url(self.database_url)
+        assert url is not None  # checked by _blob_store_named
+        return url

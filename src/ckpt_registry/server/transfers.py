@@ -15,8 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 
-from ..blobs import BlobStore, Upload
-from ..blobs.errors import DigestMismatch
+from ..blobs import BlobInfo, BlobStore, Upload
 from ..contract import file_path_problem
 from ..storage.base import FileRecord, Storage
 from .errors import RequestInvalid
@@ -148,7 +147,6 @@ async def receive_file(
     request: Request,
     upload: Upload,
     storage: Storage,
-    blobs: BlobStore,
     settings: Settings,
     entity: str,
     model_id: str,
@@ -187,14 +185,12 @@ async def complete(
     The blob's row is touched before the blob becomes visible: the collector never removes a blob
     touched within its grace period, so it cannot remove one this upload is about to reference.
     """
-    info = await upload.digest()
-    if expected is not None and info.sha256 != expected:
-        raise DigestMismatch(expected, info.sha256)
-    await storage.touch_blob(info.sha256, info.size)
-    await upload.finish(info.sha256)
-    return await storage.attach_file(
-        entity, model_id, checkpoint_id, path, info.sha256, info.size
-    )
+
+    async def touch(blob: BlobInfo) -> None:
+        await storage.touch_blob(blob.sha256, blob.size)
+
+    info = await upload.finish(expected, on_digest=touch)
+    return await storage.attach_file(entity, model_id, checkpoint_id, path, info.sha256, info.size)
 
 
 # Downloads -------------------------------------------------------------------------------------
@@ -227,9 +223,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 def unsatisfiable(size: int) -> HTTPException:
-    return HTTPException(
-        416, "Range Not Satisfiable", headers={"Content-Range": f"bytes */{size}"}
-    )
+    return HTTPException(416, "Range Not Satisfiable", headers={"Content-Range": f"bytes */{size}"})
 
 
 async def download(request: Request, record: FileRecord, blobs: BlobStore) -> Response:

@@ -301,8 +301,9 @@ class Storage(Protocol):
         The number of blobs and bytes removed."""
 
     async def create_upload(
-        self, entity: str, model_id: str, checkpoint_id: str, path: str
-    ) -> UploadSession: ...
+        self, entity: str, model_id: str, checkpoint_id: str, path: str, upload_id: str
+    ) -> UploadSession:
+        """Remember an upload in progress under `upload_id` (a canonical UUID), for the entity."""
 
     async def get_upload(self, entity: str, upload_id: str) -> UploadSession:
         """`UploadNotFound` for an unknown, finished or another entity's upload."""

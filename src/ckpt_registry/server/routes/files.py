@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from starlette.exceptions import HTTPException
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.responses import Response
 
 from ...contract import CHECKPOINTS_PATH, FILES_LIMIT_DEFAULT, FILES_LIMIT_MAX
@@ -25,6 +25,17 @@ from ..transfers import (
     receive_file,
     requested_path,
 )
+
+
+
+class FilePathConvertor(PathConvertor):
+    """Like `path`, but matching every character: a path with a newline must reach the route, which
+    answers 422, rather than route nowhere (Starlette's `path` is `.*`, which stops at `\\n`)."""
+
+    regex = "[\\s\\S]*"
+
+
+register_url_convertor("file_path", FilePathConvertor())
 
 router = APIRouter(prefix=CHECKPOINTS_PATH + "/{checkpoint_id}/files", tags=["files"])
 
@@ -58,7 +69,7 @@ async def list_files(
 
 
 @router.put(
-    "/{path:path}",
+    "/{path:file_path}",
     summary="Upload Checkpoint File",
     status_code=201,
     response_model=FileResponse,
@@ -84,13 +95,13 @@ async def upload_file(
     await storage.require_checkpoint(entity, model_id, checkpoint_id)
     upload = await blobs.begin_upload()
     record, created = await receive_file(
-        request, upload, storage, blobs, settings, entity, model_id, checkpoint_id, path
+        request, upload, storage, settings, entity, model_id, checkpoint_id, path
     )
     return JSONBytes(file_body(record), 201 if created else 200)
 
 
 @router.api_route(
-    "/{path:path}",
+    "/{path:file_path}",
     methods=["GET", "HEAD"],
     summary="Download Checkpoint File",
     response_class=Response,
@@ -116,7 +127,7 @@ async def download_file(
 
 
 @router.delete(
-    "/{path:path}",
+    "/{path:file_path}",
     summary="Delete Checkpoint File",
     status_code=204,
     response_class=Response,
@@ -128,5 +139,3 @@ async def delete_file(
     await storage.delete_file(entity, model_id, checkpoint_id, requested_path(request))
     return Response(status_code=204)
 
-
-__all__ = ["HTTPException", "router"]

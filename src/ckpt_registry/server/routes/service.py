@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from ...contract import API_PREFIX
 from ...blobs.errors import BlobStoreUnavailable
+from ...contract import API_PREFIX
 from ...storage.errors import DatabaseUnavailable
 from ..auth import StorageDep
 from ..responses import JSONBytes
-from ..transfers import BlobsDep
 from ..schemas import Health, SystemCheck
+from ..transfers import BlobsDep
 
 router = APIRouter(prefix=API_PREFIX, tags=["service"])
 
@@ -38,4 +38,6 @@ async def system_check(storage: StorageDep, blobs: BlobsDep) -> Response:
     except BlobStoreUnavailable as exc:
         checks["blobs"] = exc.message
     healthy = all(value == "ok" for value in checks.values())
-    return JSONBytes({"status": "ok" if healthy else "error", "checks": checks}, 200 if healthy else 503)
+    return JSONBytes(
+        {"status": "ok" if healthy else "error", "checks": checks}, 200 if healthy else 503
+    )

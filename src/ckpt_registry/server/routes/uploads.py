@@ -10,7 +10,10 @@ already, which contents the entity holds (attached without sending a byte), and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 import weakref
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Request
@@ -19,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from ...blobs.errors import UploadNotFound as BlobUploadNotFound
 from ...contract import CHECKPOINTS_PATH, FILES_LIMIT_MAX, UPLOADS_PATH, file_path_problem
 from ...storage.errors import FileNotFound
 from ..auth import Entity, StorageDep
@@ -90,14 +94,22 @@ async def start_upload(
     blobs: BlobsDep,
 ) -> Response:
     path = _checked_path(body.path, ["body", "path"])
-    session = await storage.create_upload(entity, model_id, checkpoint_id, path)
+    await storage.require_checkpoint(entity, model_id, checkpoint_id)
+    staged = await blobs.begin_upload()
+    await staged.close()
     try:
-        staged = await blobs.begin_upload(session.id)
-        await staged.suspend()
+        session = await storage.create_upload(
+            entity, model_id, checkpoint_id, path, str(uuid.UUID(hex=staged.id))
+        )
     except BaseException:
-        await storage.end_upload(session.id)
+        await (await blobs.resume_upload(staged.id)).abort()
         raise
     return JSONBytes({"id": session.id, "path": path, "offset": 0}, 201)
+
+
+def _staged_id(upload_id: str) -> str:
+    """The blob store's name for a session's staged bytes (the same UUID, as plain hex)."""
+    return uuid.UUID(upload_id).hex
 
 
 def _offset_headers(offset: int) -> dict[str, str]:
@@ -105,12 +117,14 @@ def _offset_headers(offset: int) -> dict[str, str]:
 
 
 @router.head("/{upload_id}", summary="Upload Offset", responses=MODEL_ERRORS)
-async def upload_offset(upload_id: str, entity: Entity, storage: StorageDep, blobs: BlobsDep) -> Response:
+async def upload_offset(
+    upload_id: str, entity: Entity, storage: StorageDep, blobs: BlobsDep
+) -> Response:
     await storage.get_upload(entity, upload_id)
     async with _lock(upload_id):
-        staged = await blobs.resume_upload(upload_id)
+        staged = await blobs.resume_upload(_staged_id(upload_id))
         offset = staged.offset
-        await staged.suspend()
+        await staged.close()
     return Response(status_code=200, headers=_offset_headers(offset))
 
 
@@ -143,7 +157,7 @@ async def append_to_upload(
     if lock.locked():
         raise HTTPException(409, "Another request is appending to this upload")
     async with lock:
-        staged = await blobs.resume_upload(upload_id)
+        staged = await blobs.resume_upload(_staged_id(upload_id))
         try:
             if int(declared) != staged.offset:
                 raise HTTPException(
@@ -153,13 +167,12 @@ async def append_to_upload(
                     headers=_offset_headers(staged.offset),
                 )
             room = await quota_left(storage, settings, entity)
-            try:
+            # What arrived before a drop is kept: the client continues from the offset HEAD reports.
+            with contextlib.suppress(ClientDisconnect):
                 await stream_into(request, staged, settings, room)
-            except ClientDisconnect:
-                pass  # what arrived is kept: the client continues from the offset HEAD reports
             offset = staged.offset
         finally:
-            await staged.suspend()
+            await staged.close()
     return Response(status_code=204, headers=_offset_headers(offset))
 
 
@@ -186,7 +199,7 @@ async def complete_upload(
         expected = parse_sha256(body.sha256, ["body", "sha256"])
     session = await storage.get_upload(entity, upload_id)
     async with _lock(upload_id):
-        staged = await blobs.resume_upload(upload_id)
+        staged = await blobs.resume_upload(_staged_id(upload_id))
         try:
             record, created = await complete(
                 staged,
@@ -212,11 +225,13 @@ async def complete_upload(
     response_class=Response,
     responses=MODEL_ERRORS,
 )
-async def cancel_upload(upload_id: str, entity: Entity, storage: StorageDep, blobs: BlobsDep) -> Response:
+async def cancel_upload(
+    upload_id: str, entity: Entity, storage: StorageDep, blobs: BlobsDep
+) -> Response:
     await storage.get_upload(entity, upload_id)
     async with _lock(upload_id):
-        staged = await blobs.resume_upload(upload_id)
-        await staged.abort()
+        with contextlib.suppress(BlobUploadNotFound):
+            await (await blobs.resume_upload(_staged_id(upload_id))).abort()
         await storage.end_upload(upload_id)
     return Response(status_code=204)
 
@@ -281,7 +296,12 @@ async def batch_transfer(
     await storage.require_checkpoint(entity, model_id, checkpoint_id)
     if body.operation == "download":
         return JSONBytes(
-            {"operation": "download", "files": await _downloads(body, model_id, checkpoint_id, entity, storage, blobs, settings)}
+            {
+                "operation": "download",
+                "files": await _downloads(
+                    body, model_id, checkpoint_id, entity, storage, blobs, settings
+                ),
+            }
         )
     wanted: list[tuple[str, str, int]] = []
     for index, item in enumerate(body.files):
@@ -290,7 +310,9 @@ async def batch_transfer(
             raise RequestInvalid(
                 ["body", "files", index], "an upload names each file's sha256 and size_bytes"
             )
-        wanted.append((path, parse_sha256(item.sha256, ["body", "files", index, "sha256"]), item.size_bytes))
+        wanted.append(
+            (path, parse_sha256(item.sha256, ["body", "files", index, "sha256"]), item.size_bytes)
+        )
     held = await storage.held_contents(entity, sorted({sha for _, sha, _ in wanted}))
     answers: list[dict[str, Any]] = []
     for path, sha256, size in wanted:
@@ -332,7 +354,7 @@ async def _attach_held(
     if await blobs.stat(sha256) != size:
         return False
     record, _ = await storage.attach_file(entity, model_id, checkpoint_id, path, sha256, size)
-    return record.sha256 == sha256
+    return bool(record.sha256 == sha256)
 
 
 async def _downloads(
@@ -365,7 +387,9 @@ async def _downloads(
         href = None
         if settings.presign:
             href = await blobs.presign_get(
-                record.sha256, settings.presign_expires_seconds, record.path.rsplit("/", 1)[-1]
+                record.sha256,
+                timedelta(seconds=settings.presign_expires_seconds),
+                record.path.rsplit("/", 1)[-1],
             )
         answers.append(
             {

@@ -840,11 +840,11 @@ class PostgresStorage:
                 return count, freed
 
     async def create_upload(
-        self, entity: str, model_id: str, checkpoint_id: str, path: str
+        self, entity: str, model_id: str, checkpoint_id: str, path: str, upload_id: str
     ) -> UploadSession:
         _known_model(entity, model_id)
         wanted = canonical_uuid(checkpoint_id)
-        upload = UploadSession(str(uuid.uuid4()), entity, model_id, checkpoint_id, path)
+        upload = UploadSession(upload_id, entity, model_id, checkpoint_id, path)
 
         async def work(connection: Connection) -> None:
             async with connection.transaction():

@@ -900,9 +900,9 @@ class SQLiteStorage:
                 return count, freed
 
     async def create_upload(
-        self, entity: str, model_id: str, checkpoint_id: str, path: str
+        self, entity: str, model_id: str, checkpoint_id: str, path: str, upload_id: str
     ) -> UploadSession:
-        upload = UploadSession(str(uuid.uuid4()), entity, model_id, checkpoint_id, path)
+        upload = UploadSession(upload_id, entity, model_id, checkpoint_id, path)
 
         def write(db: sqlite3.Connection) -> None:
             _require_live_checkpoint(db, entity, model_id, checkpoint_id)
