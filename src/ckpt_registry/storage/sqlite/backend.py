@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hmac
 import logging
+import shutil
 import sqlite3
 import threading
 import uuid
@@ -58,7 +59,7 @@ from ..errors import (
     UploadNotFound,
 )
 from ..outages import Episode
-from .writer import WAL_LIMIT_BYTES, Writer, checkpoint_passively, unavailable
+from .writer import DISK_FULL, WAL_LIMIT_BYTES, Writer, checkpoint_passively, unavailable
 
 logger = logging.getLogger("ckpt_registry.storage.sqlite")
 
@@ -104,6 +105,11 @@ _AFTER_LAST = (MAX_STEP, "~")
 _CHECKPOINT_COLUMNS = "id, step, metrics, created_at, updated_at"
 _MODEL_COLUMNS = "id, entity, project, name, base_model, created_at"
 _KEY_COLUMNS = "id, entity, name, created_at, revoked_at"
+# While writes fail for a full disk, system-check reports it until at least this much is free again.
+# Its one-page probe write is no proof on its own: a write that failed for lack of space leaves
+# allocated WAL frames behind it, which the probe (and other small writes) fit into while every
+# registration of 20 metrics still failed (tests/server/test_sqlite_unavailable.py).
+_FREE_BYTES_TO_RECOVER = 1024 * 1024
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -346,6 +352,11 @@ class SQLiteStorage:
         with self._reading() as db:
             db.execute("SELECT 1 FROM models LIMIT 1").fetchall()
         if self.episode.reason is not None:
+            if (
+                self.episode.reason == DISK_FULL
+                and shutil.disk_usage(self.path.parent).free < _FREE_BYTES_TO_RECOVER
+            ):
+                raise DatabaseUnavailable(DISK_FULL, retry_after=30)
             # Writes are failing (a full disk, a lock held elsewhere): try one that touches the
             # file, so a health check sees the recovery even when no client writes meanwhile.
             await self.writer.run(_probe_write)

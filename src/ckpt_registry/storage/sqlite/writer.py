@@ -39,6 +39,7 @@ MAX_GROUP = 64
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 # The TRUNCATE checkpoint waits this long for readers to leave the WAL, then tries after a later commit.
 CHECKPOINT_BUSY_MS = 200
+DISK_FULL = "database unavailable: the disk is full"
 
 
 def unavailable(exc: sqlite3.Error) -> DatabaseUnavailable | None:
@@ -49,7 +50,7 @@ def unavailable(exc: sqlite3.Error) -> DatabaseUnavailable | None:
             "database unavailable: it is locked by another process; try again", retry_after=1
         )
     if primary == sqlite3.SQLITE_FULL:
-        return DatabaseUnavailable("database unavailable: the disk is full", retry_after=30)
+        return DatabaseUnavailable(DISK_FULL, retry_after=30)
     if primary in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN):
         return DatabaseUnavailable(f"database unavailable: {exc}", retry_after=10)
     return None
