@@ -183,6 +183,9 @@ class PostgresStorage:
             return row
 
         row = await self.pool.run(work, idempotent=True)
+        # Our own NOTIFY reaches this process's listener only some milliseconds after the commit:
+        # until then a cached lookup here would still accept the key we just revoked.
+        self.keys.clear()
         if row is None:
             raise KeyNotFound(key_id)
         return _key(row)
