@@ -210,6 +210,9 @@ class PostgresStorage:
             return row
 
         row = await self.pool.run(work, idempotent=True)
+        # Our own NOTIFY reaches this process's listener only some milliseconds after the commit:
+        # until then a cached lookup here would still accept the key we just revoked.
+        self.keys.clear()
         if row is None:
             raise KeyNotFound(key_id)
         return _key(row)
@@ -298,12 +301,12 @@ class PostgresStorage:
     async def list_models(
         self, entity: str, *, project: str | None, after: str | None, limit: int, order: Order
     ) -> ModelPage:
-        if after is not None and canonical_uuid(after) is None:
+        if after is not None and (canonical_uuid(after) is None or not rules.storable(entity)):
             raise InvalidCursor.for_models()
-        if not rules.storable(entity) or (project is not None and not rules.storable(project)):
-            if after is not None:
-                raise InvalidCursor.for_models()
+        if not rules.storable(entity):
             return ModelPage([], has_more=False)
+        # No model has such a project, but `after` is checked as under any other filter.
+        nothing_matches = project is not None and not rules.storable(project)
         comparison, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
         project_filter = "AND project = $3" if project is not None else "AND $3::text IS NULL"
         if after is None:
@@ -321,6 +324,8 @@ class PostgresStorage:
                 )
                 if known is None:
                     raise InvalidCursor.for_models()
+            if nothing_matches:
+                return ModelPage([], has_more=False)
             args: list[object] = [entity, limit + 1, project]
             if after is not None:
                 args.append(after)

