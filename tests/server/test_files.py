@@ -497,7 +497,9 @@ def test_entity_quota_answers_507(database_url: str, blob_url: str, api_key: str
             json={"operation": "upload", "files": [copy]},
         )
         assert batch.json()["files"][0]["action"] == "attached"
-        assert api.put(files_url(model, checkpoint, "again"), content=b"a" * 1000).status_code == 507
+        assert (
+            api.put(files_url(model, checkpoint, "again"), content=b"a" * 1000).status_code == 507
+        )
         over = api.put(files_url(model, checkpoint, "b"), content=b"b" * 1000)
         assert over.status_code == 507
         assert "quota" in over.json()["detail"]

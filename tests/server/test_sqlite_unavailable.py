@@ -94,7 +94,7 @@ def test_a_full_disk_answers_503_until_space_is_freed(
             while (check := httpx.get(f"{server.url}/system-check", timeout=10)).status_code != 200:
                 assert time.monotonic() < deadline, check.text
                 time.sleep(0.1)
-            assert check.json() == {"status": "ok", "checks": {"database": "ok"}}
+            assert check.json() == {"status": "ok", "checks": {"database": "ok", "blobs": "ok"}}
             response = api.post(path_, json={"step": 10**7, "metrics": metrics})
             assert response.status_code == 201, response.text
             created.append(response.json()["id"])

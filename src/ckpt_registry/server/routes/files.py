@@ -27,7 +27,6 @@ from ..transfers import (
 )
 
 
-
 class FilePathConvertor(PathConvertor):
     """Like `path`, but matching every character: a path with a newline must reach the route, which
     answers 422, rather than route nowhere (Starlette's `path` is `.*`, which stops at `\\n`)."""

@@ -103,6 +103,9 @@ _BEFORE_FIRST = (-1, "")
 _AFTER_LAST = (MAX_STEP, "~")
 
 _CHECKPOINT_COLUMNS = "id, step, metrics, created_at, updated_at"
+# Between the transactions of a long operation the write lock is free this long, so writers of other
+# processes (which ask every millisecond, writer.LOCK_POLL_SECONDS) get it in between.
+BATCH_PAUSE_SECONDS = 0.002
 _MODEL_COLUMNS = "id, entity, project, name, base_model, created_at"
 _KEY_COLUMNS = "id, entity, name, created_at, revoked_at"
 # While writes fail for a full disk, system-check reports it until at least this much is free again.
@@ -542,7 +545,7 @@ class SQLiteStorage:
                 )
 
             while await self.writer.run(delete_some) >= self.delete_batch:
-                pass
+                await asyncio.sleep(BATCH_PAUSE_SECONDS)
 
         def mark_purged(db: sqlite3.Connection) -> None:
             db.execute("UPDATE models SET purged_at = ? WHERE id = ?", (_now(), model_id))
@@ -763,6 +766,7 @@ class SQLiteStorage:
             steps, freed_now = await self.writer.run(delete_batch)
             deleted.extend(steps)
             freed += freed_now
+            await asyncio.sleep(BATCH_PAUSE_SECONDS)
         return RetentionResult(decided.kept_steps, sorted(deleted), freed)
 
     async def purge_tombstones(self, older_than: datetime) -> int:

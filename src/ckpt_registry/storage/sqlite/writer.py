@@ -15,6 +15,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,10 @@ logger = logging.getLogger("ckpt_registry.storage.sqlite")
 
 # How long a write waits for another process's write lock before it answers 503.
 BUSY_TIMEOUT_MS = 5000
+# How often a waiting writer asks for the lock again. SQLite's own busy handler backs off to 100 ms
+# between tries, and another process committing batch after batch (a long retention) took the lock
+# back within a millisecond each time: the waiting process starved and answered 503 after 5 s.
+LOCK_POLL_SECONDS = 0.001
 # Writes committed together at most. Grouping is what lets 16 registering clients share one fsync-free
 # commit and one copy of each touched page in the WAL instead of one per request.
 MAX_GROUP = 64
@@ -86,7 +91,8 @@ class Writer:
 
     def start(self, db: sqlite3.Connection) -> None:
         self._db = db
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # No busy handler: `_begin` polls for the write lock itself (LOCK_POLL_SECONDS).
+        db.execute("PRAGMA busy_timeout = 0")
         # Checkpoints are ours to run (below, and the passive checkpointer thread), never a COMMIT's.
         db.execute("PRAGMA wal_autocheckpoint = 0")
         db.execute(f"PRAGMA journal_size_limit = {self.wal_limit_bytes}")
@@ -141,7 +147,7 @@ class Writer:
         # A job alone in its transaction needs no savepoint: a failure rolls the transaction back.
         savepoints = len(group) > 1
         try:
-            db.execute("BEGIN IMMEDIATE")
+            _begin(db)
             for pending in group:
                 if savepoints:
                     db.execute("SAVEPOINT job")
@@ -206,7 +212,21 @@ class Writer:
             if busy:
                 logger.debug("WAL of %d bytes not reset yet: readers still use it", size)
         finally:
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA busy_timeout = 0")
+
+
+def _begin(db: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, asking for the write lock every millisecond for up to BUSY_TIMEOUT_MS."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(LOCK_POLL_SECONDS)
 
 
 def checkpoint_passively(path: Path, stop: threading.Event, interval: float = 0.25) -> None:
