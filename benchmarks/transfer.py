@@ -66,9 +66,9 @@ def raise_keyboard_interrupt(signum: int, _frame: object) -> None:
 
 NOT_AVAILABLE = "not available: the files route does not exist yet"
 
-# Settings `ckpt serve` needs for its local store (none yet): name -> value, where "{store}" in a
-# value becomes a new, empty folder in benchmarks/out/.
-STORE_ENV: dict[str, str] = {}
+# Settings `ckpt serve` needs for its local store: name -> value, where "{store}" in a value becomes
+# a new, empty folder in benchmarks/out/.
+STORE_ENV: dict[str, str] = {"CKPT_BLOB_URL": "{store}"}
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 
@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 
-from ..blobs import BlobInfo, BlobStore, Upload
+from ..blobs import BlobInfo, BlobStore, OnDigest, Upload
 from ..contract import file_path_problem
 from ..storage.base import FileRecord, Storage
 from .errors import RequestInvalid
@@ -162,7 +162,14 @@ async def receive_file(
     try:
         room = await quota_left(storage, settings, entity)
         await stream_into(request, upload, settings, room)
-        return await complete(upload, storage, expected, entity, model_id, checkpoint_id, path)
+        return await complete(
+            lambda on_digest: upload.finish(expected, on_digest),
+            storage,
+            entity,
+            model_id,
+            checkpoint_id,
+            path,
+        )
     except ClientDisconnect:
         await upload.abort()
         raise
@@ -171,16 +178,19 @@ async def receive_file(
         raise
 
 
+Finish = Callable[[OnDigest], Awaitable[BlobInfo]]
+
+
 async def complete(
-    upload: Upload,
+    finish: Finish,
     storage: Storage,
-    expected: str | None,
     entity: str,
     model_id: str,
     checkpoint_id: str,
     path: str,
 ) -> tuple[FileRecord, bool]:
-    """Verify the staged bytes, make them a blob and the blob a file of the checkpoint.
+    """Verify the staged bytes (`finish`: an upload's, or a direct upload's), make them a blob and
+    the blob a file of the checkpoint.
 
     The blob's row is touched before the blob becomes visible: the collector never removes a blob
     touched within its grace period, so it cannot remove one this upload is about to reference.
@@ -189,7 +199,7 @@ async def complete(
     async def touch(blob: BlobInfo) -> None:
         await storage.touch_blob(blob.sha256, blob.size)
 
-    info = await upload.finish(expected, on_digest=touch)
+    info = await finish(touch)
     return await storage.attach_file(entity, model_id, checkpoint_id, path, info.sha256, info.size)
 
 

@@ -137,4 +137,3 @@ async def delete_file(
 ) -> Response:
     await storage.delete_file(entity, model_id, checkpoint_id, requested_path(request))
     return Response(status_code=204)
-

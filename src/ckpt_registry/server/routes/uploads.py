@@ -14,6 +14,7 @@ import contextlib
 import uuid
 import weakref
 from datetime import timedelta
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Request
@@ -22,6 +23,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from ...blobs import Upload
+from ...blobs.errors import DigestMismatch
 from ...blobs.errors import UploadNotFound as BlobUploadNotFound
 from ...contract import CHECKPOINTS_PATH, FILES_LIMIT_MAX, UPLOADS_PATH, file_path_problem
 from ...storage.errors import FileNotFound
@@ -32,6 +35,7 @@ from ..responses import JSONBytes
 from ..schemas import MODEL_ERRORS, ErrorDetail, FileResponse
 from ..transfers import (
     BlobsDep,
+    Finish,
     SettingsDep,
     complete,
     file_body,
@@ -198,22 +202,30 @@ async def complete_upload(
     if body is not None and body.sha256 is not None:
         expected = parse_sha256(body.sha256, ["body", "sha256"])
     session = await storage.get_upload(entity, upload_id)
+    staged_id = _staged_id(upload_id)
     async with _lock(upload_id):
-        staged = await blobs.resume_upload(_staged_id(upload_id))
+        staged: Upload | None
+        try:
+            staged = await blobs.resume_upload(staged_id)
+        except BlobUploadNotFound:
+            staged = None  # a direct (presigned) upload: the object is in the store, or nothing is
+        finish: Finish
+        if staged is not None:
+            finish = partial(staged.finish, expected)
+        elif expected is None:
+            raise RequestInvalid(["body", "sha256"], "a direct upload is completed with its sha256")
+        else:
+            finish = partial(blobs.complete_presigned_put, staged_id, expected)
         try:
             record, created = await complete(
-                staged,
-                storage,
-                expected,
-                entity,
-                session.model_id,
-                session.checkpoint_id,
-                session.path,
+                finish, storage, entity, session.model_id, session.checkpoint_id, session.path
             )
-        except BaseException:
-            await staged.abort()
-            await storage.end_upload(upload_id)
+        except DigestMismatch:
+            await storage.end_upload(upload_id)  # the store removed the staged bytes
             raise
+        finally:
+            if staged is not None:
+                await staged.close()  # kept for another try after any other failure
         await storage.end_upload(upload_id)
     return JSONBytes(file_body(record), 201 if created else 200)
 
