@@ -17,11 +17,11 @@ BLOCKS = re.findall(r"<!-- readme-test -->\n```(\w+)\n(.*?)```", README, re.DOTA
 
 
 def test_the_readme_has_runnable_examples() -> None:
-    assert [language for language, _ in BLOCKS] == ["bash", "bash", "python"]
+    assert [language for language, _ in BLOCKS] == ["bash", "bash", "bash", "python"]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_the_readme_examples_run(server: RunningServer, api_key: str) -> None:
+def test_the_readme_examples_run(server: RunningServer, api_key: str, tmp_path: Path) -> None:
     env = {
         **os.environ,
         "CKPT_BASE_URL": server.url,
@@ -30,10 +30,14 @@ def test_the_readme_examples_run(server: RunningServer, api_key: str) -> None:
     }
     shell = "set -euo pipefail\n" + "".join(code for language, code in BLOCKS if language == "bash")
     ran = subprocess.run(
-        ["bash", "-c", shell], env=env, capture_output=True, text=True, timeout=120
+        ["bash", "-c", shell], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
     assert ran.returncode == 0, ran.stderr
     assert '"deleted_count":1,"not_found_steps":[400]' in ran.stdout
+    assert '"path":"config.json","size_bytes":22' in ran.stdout  # the upload, then the list
+    # The range (bytes 0-13) is printed; the whole file went to downloaded.json, equal to the upload.
+    assert '{"model_type":' in ran.stdout
+    assert '{"model_type": "gpt2"}' not in ran.stdout
     assert "val/reward" in ran.stdout  # the CLI table shows metrics as columns
     assert '"deleted_steps":[200]' not in ran.stdout  # the dry run printed a table, not JSON
 

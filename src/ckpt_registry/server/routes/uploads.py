@@ -23,16 +23,18 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from ...blobs import Upload
+from ...blobs import BlobStore, Upload
 from ...blobs.errors import DigestMismatch
 from ...blobs.errors import UploadNotFound as BlobUploadNotFound
 from ...contract import CHECKPOINTS_PATH, FILES_LIMIT_MAX, UPLOADS_PATH, file_path_problem
+from ...storage.base import FileRecord, Storage
 from ...storage.errors import FileNotFound
 from ..auth import Entity, StorageDep
 from ..errors import RequestInvalid
 from ..limits import STREAMED, request_body
 from ..responses import JSONBytes
 from ..schemas import MODEL_ERRORS, ErrorDetail, FileResponse
+from ..settings import Settings
 from ..transfers import (
     BlobsDep,
     Finish,
@@ -270,6 +272,10 @@ class TransferAction(BaseModel):
     href: str | None = None
     method: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    upload_id: str | None = Field(
+        default=None, description="A direct upload's id: POST `complete` after sending the bytes"
+    )
+    complete: str | None = None
 
 
 class TransferResponse(BaseModel):
@@ -340,19 +346,53 @@ async def batch_transfer(
         ):
             answer["action"] = "attached"
         else:
-            answer |= {
-                "action": "upload",
-                "href": _file_url(model_id, checkpoint_id, path),
-                "method": "PUT",
-                "headers": {},
-            }
+            answer |= await _upload_action(
+                storage, blobs, settings, entity, model_id, checkpoint_id, path, sha256, size
+            )
         answers.append(answer)
     return JSONBytes({"operation": "upload", "files": answers})
 
 
+async def _upload_action(
+    storage: Storage,
+    blobs: BlobStore,
+    settings: Settings,
+    entity: str,
+    model_id: str,
+    checkpoint_id: str,
+    path: str,
+    sha256: str,
+    size: int,
+) -> dict[str, Any]:
+    """Where to send a file: straight to the blob store when it presigns (then `POST complete` with
+    the sha256), else a PUT to the files route."""
+    presigned = None
+    if settings.presign:
+        presigned = await blobs.presign_put(
+            sha256, size, timedelta(seconds=settings.presign_expires_seconds)
+        )
+    if presigned is None:
+        return {
+            "action": "upload",
+            "href": _file_url(model_id, checkpoint_id, path),
+            "method": "PUT",
+            "headers": {},
+        }
+    upload_id = str(uuid.UUID(hex=presigned.upload_id))
+    await storage.create_upload(entity, model_id, checkpoint_id, path, upload_id)
+    return {
+        "action": "upload",
+        "href": presigned.url,
+        "method": "PUT",
+        "headers": presigned.headers,
+        "upload_id": upload_id,
+        "complete": f"{UPLOADS_PATH}/{upload_id}/complete",
+    }
+
+
 async def _attach_held(
-    storage: Any,
-    blobs: Any,
+    storage: Storage,
+    blobs: BlobStore,
     entity: str,
     model_id: str,
     checkpoint_id: str,
@@ -374,12 +414,12 @@ async def _downloads(
     model_id: str,
     checkpoint_id: str,
     entity: str,
-    storage: Any,
-    blobs: Any,
-    settings: Any,
+    storage: Storage,
+    blobs: BlobStore,
+    settings: Settings,
 ) -> list[dict[str, Any]]:
+    records: list[FileRecord | str] = []  # a path alone: no such file
     if body.files:
-        records = []
         for index, item in enumerate(body.files):
             path = _checked_path(item.path, ["body", "files", index, "path"])
             try:
@@ -390,7 +430,7 @@ async def _downloads(
         page = await storage.list_files(
             entity, model_id, checkpoint_id, after=None, limit=FILES_LIMIT_MAX
         )
-        records = list(page.data)
+        records.extend(page.data)
     answers: list[dict[str, Any]] = []
     for record in records:
         if isinstance(record, str):
