@@ -23,17 +23,20 @@ class Collected:
 
 async def collect(
     storage: Storage,
-    blobs: BlobStore,
+    blobs: BlobStore | None,
     *,
     tombstone_ttl: float,
     blob_grace: float,
     upload_ttl: float,
 ) -> Collected:
     """One pass; every age is in seconds. Blobs go last, so the files of the models and uploads
-    finished here already count as gone."""
+    finished here already count as gone. Without a blob store (`ckpt db gc` on PostgreSQL with no
+    `--blob-url`) uploads and blobs are left alone."""
     now = datetime.now(UTC)
     finished = await storage.purge_deleted_models()
     tombstones = await storage.purge_tombstones(now - timedelta(seconds=tombstone_ttl))
+    if blobs is None:
+        return Collected(finished, tombstones, 0, 0, 0)
     expired = await storage.expire_uploads(now - timedelta(seconds=upload_ttl))
     for upload_id in expired:
         with contextlib.suppress(UploadNotFound, UploadInUse):

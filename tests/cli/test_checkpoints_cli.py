@@ -213,7 +213,12 @@ def test_retention_dry_run_then_for_real(ckpt: Ckpt, model_id: str, sdk: Client)
     deleted = [100, 300, 400, 600, 700]
     assert plan.exit_code == 0, plan.output
     assert "Would delete 5 checkpoint(s): 100, 300, 400, 600, 700" in plan.stdout
-    assert plan_json == {"dry_run": True, "kept_steps": kept, "deleted_steps": deleted}
+    assert plan_json == {
+        "dry_run": True,
+        "kept_steps": kept,
+        "deleted_steps": deleted,
+        "freed_bytes": 0,
+    }
     assert "Deleted 5 checkpoint(s)" in done.stdout
     assert [c.step for c in sdk.checkpoints.list(model_id)] == kept
 

@@ -154,7 +154,7 @@ def test_serve_creates_the_database_and_prints_a_first_key_once(
     assert created.json()["entity"] == "default"
     assert httpx.get(f"{base}/system-check").json() == {
         "status": "ok",
-        "checks": {"database": "ok"},
+        "checks": {"database": "ok", "blobs": "ok"},
     }
 
     process.terminate()

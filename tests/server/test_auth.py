@@ -111,7 +111,7 @@ def test_health_and_system_check_need_no_key(
     if path == "/health":
         assert response.json() == {}
     else:
-        assert response.json() == {"status": "ok", "checks": {"database": "ok"}}
+        assert response.json() == {"status": "ok", "checks": {"database": "ok", "blobs": "ok"}}
 
 
 def test_with_two_authorization_headers_the_first_decides(

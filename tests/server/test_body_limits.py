@@ -55,7 +55,7 @@ def test_every_json_route_refuses_a_body_over_the_limit(
     before = snapshot(api)
     for method, path in json_routes:
         target = server.url.removesuffix("/v1") + path.format(
-            model_id=model_id, checkpoint_id=checkpoint_id
+            model_id=model_id, checkpoint_id=checkpoint_id, upload_id=checkpoint_id
         )
         for content in (b"".join(chunks(MAX_JSON_BODY_BYTES + 1)), chunks(MAX_JSON_BODY_BYTES + 1)):
             response = api.request(

@@ -41,7 +41,7 @@ def test_register_returns_the_checkpoint_detail(api: httpx.Client, model_id: str
 
     assert response.status_code == 201, response.text
     body = response.json()
-    assert set(body) == {"id", "step", "metrics", "created_at", "updated_at"}
+    assert set(body) == {"id", "step", "metrics", "created_at", "updated_at", "files", "size_bytes"}
     assert str(uuid.UUID(body["id"])) == body["id"]
     assert body["step"] == 7
     assert body["metrics"] == {"loss": 0.25, "acc": 1.0}

@@ -237,7 +237,15 @@ def test_best_by_max_and_min(api: httpx.Client, model_id: str) -> None:
     assert best(api, model_id, "acc", "min").json()["step"] == 1
     # `mode` defaults to max; the answer is a full CheckpointDetail.
     detail = best(api, model_id, "acc").json()
-    assert set(detail) == {"id", "step", "metrics", "created_at", "updated_at"}
+    assert set(detail) == {
+        "id",
+        "step",
+        "metrics",
+        "created_at",
+        "updated_at",
+        "files",
+        "size_bytes",
+    }
     assert detail["step"] == 2
     assert detail["metrics"] == {"loss": 0.2, "acc": 0.8}
 

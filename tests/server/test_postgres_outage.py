@@ -137,7 +137,7 @@ def test_database_down_gives_fast_503s_and_the_server_recovers_by_itself(
 
         assert wait_until_ok(anonymous, "/system-check").json() == {
             "status": "ok",
-            "checks": {"database": "ok"},
+            "checks": {"database": "ok", "blobs": "ok"},
         }
         assert wait_until_ok(api, path).json() == before  # nothing was lost or half-written
         assert api.post(path, json={"step": 9, "metrics": {}}).status_code == 201

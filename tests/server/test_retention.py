@@ -64,6 +64,7 @@ def test_keeps_latest_n_and_top_k_by_max(api: httpx.Client, model_id: str) -> No
         "dry_run": False,
         "kept_steps": [40, 60, 90, 100],
         "deleted_steps": [10, 20, 30, 50, 70, 80],
+        "freed_bytes": 0,
     }
     assert live_steps(api, model_id) == [40, 60, 90, 100]
 
@@ -133,7 +134,7 @@ def test_keep_latest_larger_than_the_model_deletes_nothing(
 ) -> None:
     result = retention(api, model_id, {"keep_latest": 2**63 - 1})
 
-    assert result == {"dry_run": False, "kept_steps": ALL, "deleted_steps": []}
+    assert result == {"dry_run": False, "kept_steps": ALL, "deleted_steps": [], "freed_bytes": 0}
     assert live_steps(api, model_id) == ALL
 
 
@@ -158,7 +159,7 @@ def test_best_ties_go_to_the_later_step(api: httpx.Client, model_id: str) -> Non
 
 def test_empty_model(api: httpx.Client, model_id: str) -> None:
     result = retention(api, model_id, {"keep_latest": 0, "keep_best": {"metric": "acc", "k": 1}})
-    assert result == {"dry_run": False, "kept_steps": [], "deleted_steps": []}
+    assert result == {"dry_run": False, "kept_steps": [], "deleted_steps": [], "freed_bytes": 0}
 
 
 def test_dry_run_reports_without_deleting(
@@ -172,6 +173,7 @@ def test_dry_run_reports_without_deleting(
         "dry_run": True,
         "kept_steps": [40, 60, 90, 100],
         "deleted_steps": [10, 20, 30, 50, 70, 80],
+        "freed_bytes": 0,
     }
     assert live_steps(api, model_id) == ALL
     # Nothing was tombstoned either: the ids still name live checkpoints.

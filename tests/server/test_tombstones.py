@@ -147,9 +147,14 @@ def test_gc_reports_a_bad_database_url_without_a_traceback(tmp_path: Path) -> No
     assert "Traceback" not in result.output
 
 
-def test_the_server_purges_old_tombstones_periodically(database_url: str, api_key: str) -> None:
+def test_the_server_purges_old_tombstones_periodically(
+    database_url: str, blob_url: str, api_key: str
+) -> None:
     settings = Settings(
-        database_url=database_url, gc_interval_seconds=0.2, tombstone_ttl_seconds=0.1
+        database_url=database_url,
+        blob_url=blob_url,
+        gc_interval_seconds=0.2,
+        tombstone_ttl_seconds=0.1,
     )
     with serving(settings) as running, running.client(api_key) as api:
         model_id = api.post(
@@ -168,9 +173,14 @@ def test_the_server_purges_old_tombstones_periodically(database_url: str, api_ke
         assert steps_of(page_after(api, model_id, ids[1])) == [3]
 
 
-def test_the_server_keeps_tombstones_younger_than_the_ttl(database_url: str, api_key: str) -> None:
+def test_the_server_keeps_tombstones_younger_than_the_ttl(
+    database_url: str, blob_url: str, api_key: str
+) -> None:
     settings = Settings(
-        database_url=database_url, gc_interval_seconds=0.1, tombstone_ttl_seconds=3600
+        database_url=database_url,
+        blob_url=blob_url,
+        gc_interval_seconds=0.1,
+        tombstone_ttl_seconds=3600,
     )
     with serving(settings) as running, running.client(api_key) as api:
         model_id = api.post(

@@ -162,12 +162,22 @@ def test_retention_on_100_000_checkpoints(big_model: BigModel) -> None:
         base_url=big_model.url, headers={"Authorization": f"Bearer {big_model.key}"}, timeout=120
     ) as api:
         preview = api.post(endpoint, json=body | {"dry_run": True}).json()
-        assert preview == {"dry_run": True, "kept_steps": kept, "deleted_steps": deleted}
+        assert preview == {
+            "dry_run": True,
+            "kept_steps": kept,
+            "deleted_steps": deleted,
+            "freed_bytes": 0,
+        }
         assert count(big_model.path, "checkpoints") == CHECKPOINTS
 
         result = api.post(endpoint, json=body).json()
 
-        assert result == {"dry_run": False, "kept_steps": kept, "deleted_steps": deleted}
+        assert result == {
+            "dry_run": False,
+            "kept_steps": kept,
+            "deleted_steps": deleted,
+            "freed_bytes": 0,
+        }
         listed = api.get(
             f"/preview/models/{big_model.model_id}/checkpoints",
             params={"limit": 100, "order": "desc"},

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
-from ..blobs import open_blob_store
+from ..blobs import default_blob_url, open_blob_store
 from ..collector import Collected, collect
 from ..keys import generate_key, hash_key
 from ..storage import Storage, open_storage
@@ -188,13 +188,12 @@ def db_gc(
 ) -> None:
     """Finish model deletes cut short, purge old tombstones (their cursors then expire), forget
     expired uploads, and remove blobs no file references."""
-    from ..server import Settings
-
-    store_url = Settings(database_url=database_url, blob_url=blob_url).blob_store_url
+    store_url = blob_url or default_blob_url(database_url)
 
     async def run(storage: Storage) -> Collected:
-        blobs = open_blob_store(store_url)
-        await blobs.open()
+        blobs = open_blob_store(store_url) if store_url else None
+        if blobs is not None:
+            await blobs.open()
         try:
             return await collect(
                 storage,
@@ -204,13 +203,17 @@ def db_gc(
                 upload_ttl=upload_ttl,
             )
         finally:
-            await blobs.close()
+            if blobs is not None:
+                await blobs.close()
 
     done = with_storage(database_url, run)
     if done.finished_models:
         click.echo(f"finished deleting {done.finished_models} deleted models")
     click.echo(f"purged {done.tombstones} tombstones")
-    click.echo(f"removed {done.blobs} unreferenced blobs ({done.freed_bytes} bytes)")
+    if store_url:
+        click.echo(f"removed {done.blobs} unreferenced blobs ({done.freed_bytes} bytes)")
+    else:
+        click.echo("blobs not collected: name the blob store with --blob-url (CKPT_BLOB_URL)")
 
 
 # Keys -----------------------------------------------------------------------------------------

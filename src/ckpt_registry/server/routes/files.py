@@ -99,9 +99,14 @@ async def upload_file(
     return JSONBytes(file_body(record), 201 if created else 200)
 
 
-@router.api_route(
+@router.head(
     "/{path:file_path}",
-    methods=["GET", "HEAD"],
+    summary="Checkpoint File Headers",
+    response_class=Response,
+    responses={**MODEL_ERRORS, 304: {"description": "If-None-Match names the file's ETag"}},
+)
+@router.get(
+    "/{path:file_path}",
     summary="Download Checkpoint File",
     response_class=Response,
     responses={
