@@ -21,6 +21,9 @@ from ckpt_registry.storage import open_storage
 from ckpt_registry.storage.migrate import upgrade
 from tests import pg
 
+# Measures latency or stops a shared service: run alone, after the parallel run (scripts/test).
+pytestmark = pytest.mark.serial
+
 TIMEOUT = 2.0  # seconds: the server's connect and statement timeouts here
 SERVER_ENV = {"CKPT_PG_CONNECT_TIMEOUT": str(TIMEOUT), "CKPT_PG_STATEMENT_TIMEOUT": str(TIMEOUT)}
 

@@ -9,11 +9,15 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from .. import pg
 from ..conftest import add_key
 from ..sqlite_files import bulk_insert, fresh_copy
 from .helpers import create_model
+
+# Measures latency or stops a shared service: run alone, after the parallel run (scripts/test).
+pytestmark = pytest.mark.serial
 
 CHECKPOINTS = 100_000
 # A list or health request takes ~1-5 ms when nothing else runs; retention holds the write lock for

@@ -21,6 +21,9 @@ from ..conftest import add_key
 from ..sqlite_files import fresh_copy
 from .helpers import create_model, walk
 
+# Measures latency or stops a shared service: run alone, after the parallel run (scripts/test).
+pytestmark = pytest.mark.serial
+
 MIB = 1024 * 1024
 
 
