@@ -117,7 +117,12 @@ def start_ours(name: str, database_url: str) -> Server:
             "--no-access-log",
         ],
         log_path=log_path,
-        env={**os.environ, "CKPT_GC_INTERVAL_SECONDS": "0"},
+        # The blob store is named: PostgreSQL needs one, and no file is uploaded here anyway.
+        env={
+            **os.environ,
+            "CKPT_GC_INTERVAL_SECONDS": "0",
+            "CKPT_BLOB_URL": str(OUT / f"{name}-blobs"),
+        },
     )
     base_url = f"http://{HOST}:{port}"
     wait_until_up(base_url, child, log_path)

@@ -104,7 +104,8 @@ def serve(
         Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"CKPT_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}"
+            (f"CKPT_{'_'.join(map(str, error['loc'])).upper()}: " if error["loc"] else "")
+            + str(error["msg"]).removeprefix("Value error, ")
             for error in exc.errors()
         )
         raise click.ClickException(f"invalid settings: {problems}") from None
