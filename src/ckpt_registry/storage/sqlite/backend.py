@@ -300,7 +300,7 @@ class SQLiteStorage:
 
     async def open(self) -> None:
         self._db = self.connect(self.path)
-        self.writer.start(self.connect(self.path))
+        self.writer.start(self.connect(self.path), self.connect(self.path))
         self._checkpointer_stop = threading.Event()
         self._checkpointer = threading.Thread(
             target=checkpoint_passively,
@@ -468,7 +468,7 @@ class SQLiteStorage:
             )
             return model, True
 
-        return await self.writer.run(write)
+        return await self.writer.run(write, inline=True)
 
     async def get_model(self, entity: str, model_id: str) -> Model:
         if canonical_uuid(model_id) is None or not rules.storable(entity):
@@ -648,7 +648,7 @@ class SQLiteStorage:
             )
             return checkpoint, True
 
-        return await self.writer.run(write)
+        return await self.writer.run(write, inline=True)
 
     async def get_checkpoint(self, entity: str, model_id: str, checkpoint_id: str) -> Checkpoint:
         with self._reading() as db:
@@ -681,7 +681,7 @@ class SQLiteStorage:
                 ),
             )
 
-        return await self.writer.run(write)
+        return await self.writer.run(write, inline=True)
 
     async def delete_checkpoints(
         self, entity: str, model_id: str, steps: list[int]
@@ -793,7 +793,7 @@ class SQLiteStorage:
             _require_live_checkpoint(db, entity, model_id, checkpoint_id)
 
     async def touch_blob(self, sha256: str, size_bytes: int) -> None:
-        await self.writer.run(lambda db: _touch_blob(db, sha256, size_bytes))
+        await self.writer.run(lambda db: _touch_blob(db, sha256, size_bytes), inline=True)
 
     async def attach_file(
         self,
@@ -824,7 +824,7 @@ class SQLiteStorage:
             )
             return FileRecord(path, sha256, size_bytes), True
 
-        return await self.writer.run(write)
+        return await self.writer.run(write, inline=True)
 
     async def get_file(
         self, entity: str, model_id: str, checkpoint_id: str, path: str

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ..errors import DatabaseUnavailable
 from ..outages import Episode
@@ -88,9 +88,14 @@ class Writer:
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
+        self._inline_db: sqlite3.Connection | None = None
 
-    def start(self, db: sqlite3.Connection) -> None:
+    def start(self, db: sqlite3.Connection, inline_db: sqlite3.Connection) -> None:
         self._db = db
+        # Short writes first try this connection on the event loop (`run(..., inline=True)`); it
+        # never waits for the lock, so a lock held elsewhere sends them to the thread.
+        self._inline_db = inline_db
+        inline_db.execute("PRAGMA busy_timeout = 0")
         # No busy handler: `_begin` polls for the write lock itself (LOCK_POLL_SECONDS).
         db.execute("PRAGMA busy_timeout = 0")
         # Checkpoints are ours to run (below, and the passive checkpointer thread), never a COMMIT's.
@@ -104,18 +109,63 @@ class Writer:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        for db in (self._db, self._inline_db):
+            if db is not None:
+                db.close()
+        self._db = self._inline_db = None
 
-    async def run(self, job: Job[T]) -> T:
-        """Run `job` in a write transaction on the writer thread; its result once committed."""
+    async def run(self, job: Job[T], *, inline: bool = False) -> T:
+        """Run `job` in a write transaction; its result once committed.
+
+        `inline` (for a job that touches a few rows, never a batch): when no write is queued and the
+        write lock is free this instant, run it on the event loop. That costs what the write costs
+        (~0.1-0.3 ms) and no thread hand-off: measured, the hand-off alone took registrations from
+        1,500 to 1,300 per second. Anything else goes to the writer thread, which does the waiting.
+        """
         if self._thread is None:
             raise DatabaseUnavailable("database is not open")
+        if inline and self._queue.empty():
+            done, result = self._run_inline(job)
+            if done:
+                return cast(T, result)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Pending(job, future, loop))
         return await future
+
+    def _run_inline(self, job: Job[T]) -> tuple[bool, T | None]:
+        """(True, result) when the job ran and committed here; (False, None) when the lock was taken."""
+        db = self._inline_db
+        assert db is not None
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_BUSY:
+                return False, None
+            raise self._mapped(exc) from exc
+        try:
+            result = job(db)
+            db.execute("COMMIT")
+        except Exception as exc:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            error = self._mapped(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        self.episode.succeeded()
+        if self._wal_size() > self.wal_limit_bytes:
+            # The writer thread resets the WAL after an (empty) transaction of its own.
+            loop = asyncio.get_running_loop()
+            self._queue.put(_Pending(_nothing, loop.create_future(), loop))
+        return True, result
+
+    def _wal_size(self) -> int:
+        try:
+            return self.wal_path.stat().st_size
+        except FileNotFoundError:
+            return 0
 
     # The writer thread ---------------------------------------------------------------------------
 
@@ -193,10 +243,7 @@ class Writer:
             pending.loop.call_soon_threadsafe(_deliver, pending.future, ok, value)
 
     def _bound_wal(self) -> None:
-        try:
-            size = self.wal_path.stat().st_size
-        except FileNotFoundError:
-            return
+        size = self._wal_size()
         if size <= self.wal_limit_bytes:
             return
         db = self._db
@@ -213,6 +260,10 @@ class Writer:
                 logger.debug("WAL of %d bytes not reset yet: readers still use it", size)
         finally:
             db.execute("PRAGMA busy_timeout = 0")
+
+
+def _nothing(_db: sqlite3.Connection) -> None:
+    pass
 
 
 def _begin(db: sqlite3.Connection) -> None:
