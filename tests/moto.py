@@ -20,6 +20,10 @@ import pytest
 MIB = 1024 * 1024
 # The smallest part S3 (and moto) accept.
 S3_PART_BYTES = 5 * MIB
+# moto lists every multipart upload as initiated in 2010, so a collector expiring uploads older than
+# its TTL takes one just begun (with no part yet) for an old one: a server under test whose startup
+# collector runs while a test begins an upload needs a TTL longer than that.
+MOTO_UPLOAD_TTL_SECONDS = 100 * 365 * 24 * 3600.0
 
 
 def free_port() -> int:
