@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import socket
 import threading
 from pathlib import Path
@@ -13,6 +14,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
+# The moto fixtures, found by name.
+from tests.moto import aws_env, bucket_contents, create_bucket, moto_endpoint  # noqa: F401
 
 from .helpers import create_model, register
 
@@ -43,10 +47,23 @@ def put(
     return api.put(files_url(model_id, checkpoint_id, path), content=data, **kw)
 
 
-def blob_files(blob_url: str) -> list[Path]:
-    """Every file under the local blob folder (staged ones included)."""
+@pytest.fixture(params=["local", "s3"])
+def blob_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every test here runs on a local folder and on S3 (moto; a bucket per test)."""
+    if request.param == "local":
+        return str(tmp_path / "blobs")
+    endpoint = request.getfixturevalue("aws_env")
+    return f"s3://{create_bucket(endpoint)}/registry"
+
+
+def blob_files(blob_url: str) -> dict[str, int]:
+    """What the blob store holds, staged uploads included: each name with its size. Local: every file
+    under the folder; S3: every object and every multipart upload still open (size -1)."""
+    if blob_url.startswith("s3://"):
+        return bucket_contents(os.environ["AWS_ENDPOINT_URL"], urlsplit(blob_url).netloc)
     root = Path(blob_url)
-    return sorted(path for path in root.rglob("*") if path.is_file()) if root.exists() else []
+    files = root.rglob("*") if root.exists() else []
+    return {str(path): path.stat().st_size for path in files if path.is_file()}
 
 
 def test_upload_download_and_delete_a_file(
@@ -313,7 +330,7 @@ def test_dedup_and_usage(api: httpx.Client, model_id: str, blob_url: str) -> Non
         "logical_bytes": 3 * len(tokenizer) + 30,
         "stored_bytes": len(tokenizer) + 30,
     }
-    stored = [path for path in blob_files(blob_url) if path.stat().st_size == len(tokenizer)]
+    stored = [name for name, size in blob_files(blob_url).items() if size == len(tokenizer)]
     assert len(stored) == 1, "identical content is stored once"
 
 

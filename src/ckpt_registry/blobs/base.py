@@ -85,7 +85,8 @@ class Upload(Protocol):
     async def abort(self) -> None: ...
 
     async def close(self) -> None:
-        """Stop writing but keep the staged bytes for `resume_upload` (S3 keeps whole parts only)."""
+        """Stop writing but keep every byte written for `resume_upload` (S3 stages what is past the
+        last whole part as an object of its own)."""
         ...
 
 

@@ -1,7 +1,8 @@
 """The S3 blob store (AWS S3, MinIO, R2, GCS interop) through aiobotocore.
 
-    <prefix>sha256/<hex>    one object per blob
-    <prefix>uploads/<id>    a multipart upload being staged, or a presigned PUT waiting to be checked
+    <prefix>sha256/<hex>         one object per blob
+    <prefix>uploads/<id>         a multipart upload being staged, or a presigned PUT waiting to be checked
+    <prefix>uploads/<id>.tail    the bytes a closed upload holds past its last whole part
 
 A blob appears by one completed write to its key (a PUT, or a server-side copy of a staged object) made
 after its digest was checked, so nobody ever reads a partial or unchecked blob.
@@ -56,6 +57,11 @@ MAX_PARTS = 10_000
 COPY_LIMIT = 5 * 1024 * MIB
 COPY_PART_BYTES = 1024 * MIB
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
+# A tail object's metadata: how many parts it follows. A tail is current only while the upload has
+# exactly that many whole parts; once a part took its bytes (a crash before the tail was rewritten)
+# it is stale and ignored.
+_AFTER_PARTS = "after-parts"
+_TAIL = ".tail"
 
 
 def endpoint_from_environment() -> str | None:
@@ -86,6 +92,9 @@ class S3BlobStore:
 
     def upload_key(self, upload_id: str) -> str:
         return f"{self.prefix}uploads/{upload_id}"
+
+    def tail_key(self, upload_id: str) -> str:
+        return self.upload_key(upload_id) + _TAIL
 
     @property
     def s3(self) -> S3Client:
@@ -263,9 +272,29 @@ class S3BlobStore:
             if part.number != expected or part.size < MIN_PART_BYTES:
                 break
             parts.append(part)
+        with s3_errors(self, "resuming an upload"):
+            tail, tail_staged = await self._staged_tail(upload_id, len(parts))
         # The parts of an unfinished multipart upload cannot be read back, so a resumed upload is
-        # hashed at `finish`, from the assembled object; an empty one can hash as it goes.
-        return S3Upload(self, upload_id, multipart_id, parts, None if parts else hashlib.sha256())
+        # hashed at `finish`, from the assembled object; one without parts hashes as it goes (its
+        # tail is in the buffer, hashed with the rest).
+        upload = S3Upload(self, upload_id, multipart_id, parts, None if parts else hashlib.sha256())
+        upload.load_tail(tail, tail_staged)
+        return upload
+
+    async def _staged_tail(self, upload_id: str, parts: int) -> tuple[bytes, bool]:
+        """The tail `close` staged after `parts` whole parts (b"" if none, or if it is stale), and
+        whether a tail object exists at all."""
+        try:
+            answer = await self.s3.get_object(Bucket=self.bucket, Key=self.tail_key(upload_id))
+        except ClientError as exc:
+            if error_code(exc) in _MISSING:
+                return b"", False
+            raise
+        async with answer["Body"] as body:
+            data = await body.read()
+        if answer.get("Metadata", {}).get(_AFTER_PARTS) != str(parts):
+            return b"", True
+        return data, True
 
     async def _multipart_id(self, key: str) -> str | None:
         pages = self.s3.get_paginator("list_multipart_uploads").paginate(
@@ -298,7 +327,7 @@ class S3BlobStore:
             )
             async for listing in objects:
                 for entry in listing.get("Contents", []):
-                    name = entry["Key"][len(folder) :]
+                    name = entry["Key"][len(folder) :].removesuffix(_TAIL)
                     if is_upload_id(name):
                         yield StagedUpload(name, entry["LastModified"])
 
@@ -331,8 +360,9 @@ class S3BlobStore:
                 await self._discard_staged(upload_id)
         return len(stale)
 
-    async def _discard_staged(self, upload_id: str) -> None:
-        """Remove whatever is staged under the id: a multipart upload and/or a staged object."""
+    async def _discard_staged(self, upload_id: str, *, tail: bool = True) -> None:
+        """Remove whatever is staged under the id: a multipart upload, a staged object, a tail
+        (unless the caller knows there is none)."""
         key = self.upload_key(upload_id)
         while (multipart_id := await self._multipart_id(key)) is not None:
             try:
@@ -343,6 +373,8 @@ class S3BlobStore:
                 if error_code(exc) not in _MISSING:
                     raise
         await self.s3.delete_object(Bucket=self.bucket, Key=key)
+        if tail:
+            await self.s3.delete_object(Bucket=self.bucket, Key=self.tail_key(upload_id))
 
     async def presign_get(
         self, sha256: str, expires_in: timedelta, filename: str | None = None
@@ -458,7 +490,12 @@ class _Part:
 
 class S3Upload:
     """A multipart upload to `uploads/<id>`: bytes are buffered up to one part, hashed on a thread
-    and sent. `finish` checks the digest before anything becomes visible."""
+    and sent. `finish` checks the digest before anything becomes visible.
+
+    S3 takes a part under 5 MiB only as the last one, so `close` stages what is buffered past the
+    last whole part as an object of its own (`uploads/<id>.tail`), and a resume reads it back into
+    the buffer: every byte written is kept, as in the local store. Without that, a resumable upload
+    (one request per PATCH, another for `complete`) lost its short last piece."""
 
     def __init__(
         self,
@@ -476,6 +513,13 @@ class S3Upload:
         self._hasher = hasher  # None: resumed after parts were sent; hashed again at finish
         self._buffer = bytearray()
         self._closed = False
+        self._tail_staged = False  # a tail object may exist: removed once the upload ends
+        self._written = False  # bytes came since the tail was staged or loaded
+
+    def load_tail(self, tail: bytes, staged: bool) -> None:
+        """Continue after the bytes `close` staged past the parts (see S3BlobStore.resume_upload)."""
+        self._buffer += tail
+        self._tail_staged = staged
 
     @property
     def id(self) -> str:
@@ -489,6 +533,7 @@ class S3Upload:
         if self._closed:
             raise RuntimeError(f"upload {self._id} is closed")
         self._buffer += chunk
+        self._written = True
         try:
             while len(self._buffer) >= self._store.part_size(len(self._parts) + 1):
                 size = self._store.part_size(len(self._parts) + 1)
@@ -567,7 +612,13 @@ class S3Upload:
         except BaseException:
             self._buffer = bytearray()
             raise
-        return await store.publish_staged(self._id, expected_sha256, blob, on_digest)
+        try:
+            return await store.publish_staged(self._id, expected_sha256, blob, on_digest)
+        finally:
+            # The staged object is gone whatever happened there, and with it the upload.
+            if self._tail_staged:
+                with s3_errors(store, "removing a staged upload"):
+                    await store.s3.delete_object(Bucket=store.bucket, Key=store.tail_key(self._id))
 
     async def _put_whole(self, blob: BlobInfo) -> None:
         store = self._store
@@ -584,7 +635,7 @@ class S3Upload:
     async def _abort(self) -> None:
         store = self._store
         with s3_errors(store, "removing a staged upload"):
-            await store._discard_staged(self._id)
+            await store._discard_staged(self._id, tail=self._tail_staged)
 
     async def abort(self) -> None:
         self._closed = True
@@ -592,10 +643,25 @@ class S3Upload:
         await self._abort()
 
     async def close(self) -> None:
-        # A part under 5 MiB cannot be staged, so what is buffered is dropped: a resume starts
-        # from the last whole part, which `resume_upload(...).offset` tells the client.
+        if self._closed:  # finished, aborted, or a write failed (then the last staged tail holds)
+            return
         self._closed = True
-        self._buffer = bytearray()
+        if not self._written:
+            self._buffer = bytearray()
+            return
+        tail, self._buffer = bytes(self._buffer), bytearray()
+        store = self._store
+        with s3_errors(store, "saving a staged upload"):
+            if tail:
+                await store.s3.put_object(
+                    Bucket=store.bucket,
+                    Key=store.tail_key(self._id),
+                    Body=tail,
+                    Metadata={_AFTER_PARTS: str(len(self._parts))},
+                )
+                self._tail_staged = True
+            elif self._tail_staged:
+                await store.s3.delete_object(Bucket=store.bucket, Key=store.tail_key(self._id))
 
 
 def _seconds(expires_in: timedelta) -> int:
