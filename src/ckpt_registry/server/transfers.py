@@ -12,7 +12,6 @@ from urllib.parse import unquote_to_bytes
 
 from fastapi import Depends, Request
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 
 from ..blobs import BlobInfo, BlobStore, OnDigest, Upload
@@ -170,10 +169,7 @@ async def receive_file(
             checkpoint_id,
             path,
         )
-    except ClientDisconnect:
-        await upload.abort()
-        raise
-    except BaseException:
+    except BaseException:  # a client gone mid-body (ClientDisconnect) included
         await upload.abort()
         raise
 

@@ -16,6 +16,7 @@ import weakref
 from datetime import timedelta
 from functools import partial
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, Field
@@ -284,8 +285,6 @@ class TransferResponse(BaseModel):
 
 
 def _file_url(model_id: str, checkpoint_id: str, path: str) -> str:
-    from urllib.parse import quote
-
     return (
         CHECKPOINTS_PATH.format(model_id=model_id)
         + f"/{checkpoint_id}/files/{quote(path, safe='/')}"
