@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/transfer.py [--size-mib 1024] [--rounds 3] [--client curl|httpx]
 
 In one run: `cp` (+ `sync`) of the file; a bare ASGI upload sink (sha256 + write + fsync) and a bare
-download (1 MiB chunks with Content-Length), `transfer_app.py`, each served by uvicorn (h11),
+download (4 MiB chunks with Content-Length), `transfer_app.py`, each served by uvicorn (h11),
 uvicorn (httptools) and granian; `ckpt serve` (local store) through the files route
 (shared/CONTRACT.md section 6) once it exists. Every transfer is timed wall to wall over 127.0.0.1
 with the server's CPU seconds and peak RSS (its whole process tree) beside it; the rounds alternate

@@ -23,9 +23,9 @@ from ckpt_registry.contract import API_PREFIX
 Scope = dict[str, Any]
 Message = dict[str, Any]
 
-# 1 MiB reads: fewer sends per byte than Starlette's 64 KiB. One 512 MiB round each, on a loaded
-# machine, did not tell them apart (uvicorn httptools 1.06 vs 1.02 GB/s, granian 0.76 vs 0.87).
-DOWNLOAD_CHUNK = 1024 * 1024
+# The local blob store's read size (READ_CHUNK_BYTES), so the bare download sends the same pieces
+# `ckpt serve` does: 4 MiB moved 1 GiB ~35% faster than 1 MiB through uvicorn here.
+DOWNLOAD_CHUNK = 4 * 1024 * 1024
 
 
 def record(event: str, **fields: Any) -> None:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ckpt_registry.blobs import (
-    CHUNK_BYTES,
+    READ_CHUNK_BYTES,
     BlobInfo,
     BlobNotFound,
     BlobStore,
@@ -45,7 +45,7 @@ async def put(store: BlobStore, data: bytes, expected: str | None = None) -> Blo
 
 async def read_all(store: BlobStore, sha256: str, start: int = 0, end: int | None = None) -> bytes:
     chunks = [chunk async for chunk in store.read(sha256, start, end)]
-    assert all(0 < len(chunk) <= CHUNK_BYTES for chunk in chunks)
+    assert all(0 < len(chunk) <= READ_CHUNK_BYTES for chunk in chunks)
     return b"".join(chunks)
 
 
@@ -66,6 +66,16 @@ async def test_round_trip(store: BlobStore, data: bytes) -> None:
     assert await store.stat(blob.sha256) == len(data)
     assert await read_all(store, blob.sha256) == data
     assert await staged_ids(store) == []
+
+
+async def test_a_body_in_tiny_pieces(store: BlobStore) -> None:
+    # Thousands of pieces: more than one write call takes at once (IOV_MAX), and a last partial batch.
+    data = os.urandom(3 * 2048 * 7 + 5)
+    upload = await store.begin_upload()
+    await write_all(upload, data, piece=7)
+    assert upload.offset == len(data)
+    assert await upload.finish(sha(data)) == BlobInfo(sha(data), len(data))
+    assert await read_all(store, sha(data)) == data
 
 
 async def test_ranges(store: BlobStore) -> None:

@@ -2,6 +2,7 @@
 
 from .base import (
     CHUNK_BYTES,
+    READ_CHUNK_BYTES,
     BlobInfo,
     BlobStore,
     OnDigest,
@@ -24,6 +25,7 @@ from .urls import default_blob_url, open_blob_store
 
 __all__ = [
     "CHUNK_BYTES",
+    "READ_CHUNK_BYTES",
     "BlobError",
     "BlobInfo",
     "BlobNotFound",

@@ -13,9 +13,10 @@ import errno
 import fcntl
 import hashlib
 import os
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import TypeVar
 
 from .base import (
     CHUNK_BYTES,
+    READ_CHUNK_BYTES,
     BlobInfo,
     OnDigest,
     PresignedPut,
@@ -40,6 +42,11 @@ T = TypeVar("T")
 # Blob I/O runs on the store's own threads, so a burst of uploads cannot take the default executor
 # that other parts of the server use.
 IO_THREADS = 8
+# One writev(2) per batch takes at most IOV_MAX (1,024 on Linux) pieces; a body trickled in tiny
+# chunks is written in batches of this many.
+MAX_BATCH_CHUNKS = 512
+# How long a resume waits for the lock of a writer that is going away (see _open_staged).
+LOCK_GRACE_SECONDS = 0.25
 
 
 class LocalBlobStore:
@@ -55,6 +62,19 @@ class LocalBlobStore:
     @property
     def url(self) -> str:
         return self.root.as_uri()
+
+    def submit(self, function: Callable[[], T]) -> Future[T]:
+        """`function()` on a blob thread, not waited for (inline when not offloading)."""
+        if not self.offload:
+            done: Future[T] = Future()
+            try:
+                done.set_result(function())
+            except BaseException as exc:
+                done.set_exception(exc)
+            return done
+        if self._executor is None:
+            raise RuntimeError("the blob store is not open")
+        return self._executor.submit(function)
 
     async def run(self, function: Callable[[], T], doing: str) -> T:
         """`function()` on a blob thread; an OSError becomes BlobStoreUnavailable naming `doing`."""
@@ -125,7 +145,7 @@ class LocalBlobStore:
             stop = check_range(start, end, os.fstat(fd).st_size)
             position = start
             while position < stop:
-                count = min(CHUNK_BYTES, stop - position)
+                count = min(READ_CHUNK_BYTES, stop - position)
                 chunk = await self.run(partial(os.pread, fd, count, position), "reading a blob")
                 if not chunk:
                     raise BlobStoreUnavailable(f"blob {sha256} is shorter than its size on disk")
@@ -244,8 +264,10 @@ class LocalBlobStore:
 
 
 class LocalUpload:
-    """Bytes staged in `<root>/uploads/<id>`: buffered up to CHUNK_BYTES, then written and hashed on a
-    thread. The file is flocked while this object holds it, so a second writer gets UploadInUse."""
+    """Bytes staged in `<root>/uploads/<id>`. Body chunks are collected up to CHUNK_BYTES, then written
+    and hashed on a blob thread while the next ones arrive: one batch in flight at a time, so the
+    file and the hash take the batches in order. The file is flocked while this object holds it, so a
+    second writer gets UploadInUse."""
 
     def __init__(
         self, store: LocalBlobStore, upload_id: str, fd: int, hasher: hashlib._Hash, staged: int
@@ -256,7 +278,10 @@ class LocalUpload:
         self._fd: int | None = fd
         self._hasher = hasher
         self._staged = staged  # bytes in the file, all of them hashed
-        self._buffer = bytearray()
+        self._chunks: list[bytes] = []  # received, not yet handed to a thread
+        self._buffered = 0
+        self._writing: Future[None] | None = None  # the batch on a thread, if any
+        self._writing_bytes = 0
         # Dropped without close/finish/abort: the descriptor (and so the lock) goes with the object.
         self._finalizer = weakref.finalize(self, os.close, fd)
 
@@ -266,7 +291,7 @@ class LocalUpload:
 
     @property
     def offset(self) -> int:
-        return self._staged + len(self._buffer)
+        return self._staged + self._writing_bytes + self._buffered
 
     def _held_fd(self) -> int:
         if self._fd is None:
@@ -275,34 +300,59 @@ class LocalUpload:
 
     async def write(self, chunk: bytes) -> None:
         self._held_fd()
-        self._buffer += chunk
-        if len(self._buffer) >= CHUNK_BYTES:
-            await self._flush()
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered >= CHUNK_BYTES or len(self._chunks) >= MAX_BATCH_CHUNKS:
+            await self._settle()
+            self._start()
 
-    async def _flush(self) -> None:
+    def _start(self) -> None:
+        """Hand the collected chunks to a blob thread, without waiting for it."""
         fd = self._held_fd()
-        if not self._buffer:
-            return
-        data, self._buffer = self._buffer, bytearray()
-        staged, hasher = self._staged, self._hasher
+        chunks, size = self._chunks, self._buffered
+        self._chunks, self._buffered = [], 0
+        staged = self._staged
 
+        # The closure holds `self` (through self._hasher), so an upload dropped with a batch in
+        # flight keeps its descriptor until the write has ended: never a number reused meanwhile.
         def append() -> None:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                written = 0
+                while written < size:
+                    written += os.writev(fd, _unwritten(chunks, written))
             except OSError:
-                # Back to the last whole chunk, so the file and the hash agree and a resume works.
+                # Back to the last whole batch, so the file and the hash agree and a resume works.
                 os.ftruncate(fd, staged)
                 raise
-            hasher.update(data)
+            for chunk in chunks:
+                self._hasher.update(chunk)
 
+        self._writing, self._writing_bytes = self._store.submit(append), size
+
+    async def _settle(self) -> None:
+        """Wait for the batch in flight; its error (a full disk, say) is raised here."""
+        writing = self._writing
+        if writing is None:
+            return
         try:
-            await self._store.run(append, "writing a staged upload")
+            # Shielded: a cancelled request must not close the descriptor under a running write
+            # (_release waits for the thread instead).
+            await asyncio.shield(asyncio.wrap_future(writing))
+        except OSError as exc:
+            self._writing, self._writing_bytes = None, 0
+            self._release()
+            raise unavailable(exc, "writing a staged upload", self._store.root) from exc
         except BaseException:
             self._release()
             raise
-        self._staged += len(data)
+        self._staged += self._writing_bytes
+        self._writing, self._writing_bytes = None, 0
+
+    async def _flush(self) -> None:
+        await self._settle()
+        if self._chunks:
+            self._start()
+            await self._settle()
 
     async def finish(
         self, expected_sha256: str | None = None, on_digest: OnDigest | None = None
@@ -357,10 +407,30 @@ class LocalUpload:
             self._release()
 
     def _release(self) -> None:
-        self._buffer = bytearray()
-        if self._fd is not None:
-            self._fd = None
+        self._chunks, self._buffered = [], 0
+        if self._fd is None:
+            return
+        self._fd = None
+        writing = self._writing
+        if writing is not None and not writing.done():
+            # A thread still writes to the descriptor: it is closed when that write ends.
+            writing.add_done_callback(lambda _: self._finalizer())
+        else:
             self._finalizer()
+
+
+def _unwritten(chunks: list[bytes], skip: int) -> list[memoryview | bytes]:
+    """The chunks past the first `skip` bytes (after a short writev)."""
+    if skip == 0:
+        return chunks  # type: ignore[return-value]
+    rest: list[memoryview | bytes] = []
+    for chunk in chunks:
+        if skip >= len(chunk):
+            skip -= len(chunk)
+            continue
+        rest.append(memoryview(chunk)[skip:] if skip else chunk)
+        skip = 0
+    return rest
 
 
 def _open_staged(path: Path, upload_id: str) -> int:
@@ -369,11 +439,19 @@ def _open_staged(path: Path, upload_id: str) -> int:
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
     except FileNotFoundError:
         raise UploadNotFound(upload_id) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise UploadInUse(upload_id) from None
+    # A writer that just went away (a dropped connection) may still have one batch on a thread,
+    # which holds the lock for a few milliseconds more: wait that long, not for a live writer.
+    deadline = time.monotonic() + LOCK_GRACE_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.005)
+                continue
+            os.close(fd)
+            raise UploadInUse(upload_id) from None
     try:
         # Finished (renamed into the blobs) between our open and our lock: not an upload any more.
         same = os.stat(path).st_ino == os.fstat(fd).st_ino
