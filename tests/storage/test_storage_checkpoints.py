@@ -94,6 +94,23 @@ async def test_a_deleted_step_can_be_registered_again_as_a_new_checkpoint(
     assert created and second.id != first.id and second.metrics_json == '{"loss":2.0}'
 
 
+async def test_a_checkpoint_is_found_by_its_step_while_it_lives(
+    storage: Storage, model: Model
+) -> None:
+    await register_steps(storage, model, {step: {"loss": step / 10} for step in STEPS})
+    at_three = await storage.get_checkpoint_at_step(ENTITY, model.id, 3)
+    assert at_three.step == 3
+    assert at_three == await storage.get_checkpoint(ENTITY, model.id, at_three.id)
+
+    await storage.delete_checkpoints(ENTITY, model.id, [3])
+    for step in (3, 9, MAX_STEP):
+        with pytest.raises(CheckpointNotFound):
+            await storage.get_checkpoint_at_step(ENTITY, model.id, step)
+    for entity, model_id in [(OTHER_ENTITY, model.id), (ENTITY, str(uuid.uuid4())), (ENTITY, "x")]:
+        with pytest.raises(ModelNotFound):
+            await storage.get_checkpoint_at_step(entity, model_id, 4)
+
+
 async def test_checkpoints_of_an_unknown_or_foreign_model_cannot_be_registered(
     storage: Storage, model: Model
 ) -> None:

@@ -221,6 +221,10 @@ class Storage(Protocol):
         self, entity: str, model_id: str, checkpoint_id: str
     ) -> Checkpoint: ...
 
+    async def get_checkpoint_at_step(self, entity: str, model_id: str, step: int) -> Checkpoint:
+        """The live checkpoint at `step`; CheckpointNotFound when there is none."""
+        ...
+
     async def update_metrics(
         self, entity: str, model_id: str, checkpoint_id: str, metrics: dict[str, float]
     ) -> Checkpoint:

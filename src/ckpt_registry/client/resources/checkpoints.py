@@ -95,6 +95,15 @@ def _get(model_id: str, checkpoint_id: str) -> APIRequest[CheckpointDetail]:
     )
 
 
+def _at_step(model_id: str, step: int) -> APIRequest[CheckpointDetail]:
+    return APIRequest(
+        "GET",
+        f"{_checkpoints_path(model_id)}/steps/{step}",
+        lambda r: CheckpointDetail.from_json(r.json()),
+        idempotent=True,
+    )
+
+
 def _update_metrics(
     model_id: str, checkpoint_id: str, metrics: Mapping[str, float]
 ) -> APIRequest[CheckpointDetail]:
@@ -172,6 +181,10 @@ class Checkpoints:
     def get(self, model_id: str, checkpoint_id: str) -> CheckpointDetail:
         return self._client._send(_get(model_id, checkpoint_id))
 
+    def at_step(self, model_id: str, step: int) -> CheckpointDetail:
+        """The checkpoint at ``step``; raises :class:`NotFoundError` when there is none."""
+        return self._client._send(_at_step(model_id, step))
+
     def update_metrics(
         self, model_id: str, checkpoint_id: str, metrics: Mapping[str, float]
     ) -> CheckpointDetail:
@@ -187,8 +200,9 @@ class Checkpoints:
         return self._client._send(_latest(model_id))
 
     def best(self, model_id: str, *, metric: str, mode: SortMode = "max") -> CheckpointDetail:
-        """The checkpoint with the highest (``mode="max"``) or lowest ``metric``; ties go to the
-        later step. Raises :class:`NotFoundError` when no checkpoint has the metric."""
+        """The checkpoint with the highest (``mode="max"``, the default, as the API's) or lowest
+        (``mode="min"``: pass it for a loss) ``metric``; ties go to the later step. Raises
+        :class:`NotFoundError` when no checkpoint has the metric."""
         return self._client._send(_best(model_id, metric=metric, mode=mode))
 
     def retention(
@@ -227,6 +241,9 @@ class AsyncCheckpoints:
 
     async def get(self, model_id: str, checkpoint_id: str) -> CheckpointDetail:
         return await self._client._send(_get(model_id, checkpoint_id))
+
+    async def at_step(self, model_id: str, step: int) -> CheckpointDetail:
+        return await self._client._send(_at_step(model_id, step))
 
     async def update_metrics(
         self, model_id: str, checkpoint_id: str, metrics: Mapping[str, float]

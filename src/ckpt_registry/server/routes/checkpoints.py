@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Path, Query
 from starlette.responses import Response
 
 from ...contract import (
@@ -14,6 +14,7 @@ from ...contract import (
     LIST_LIMIT_MAX,
     LIST_LIMIT_MIN,
     LIST_ORDER_DEFAULT,
+    MAX_STEP,
     Order,
 )
 from ...storage.base import BestRule
@@ -143,6 +144,23 @@ async def apply_retention(
             "deleted_steps": result.deleted_steps,
             "freed_bytes": result.freed_bytes,
         }
+    )
+
+
+@router.get(
+    "/steps/{step}",
+    summary="Get Checkpoint At Step",
+    response_model=CheckpointDetail,
+    responses=MODEL_ERRORS,
+)
+async def get_checkpoint_at_step(
+    model_id: str,
+    step: Annotated[int, Path(ge=0, le=MAX_STEP, description="The checkpoint's step")],
+    entity: Entity,
+    storage: StorageDep,
+) -> Response:
+    return JSONBytes(
+        checkpoint_detail(await storage.get_checkpoint_at_step(entity, model_id, step))
     )
 
 

@@ -469,12 +469,23 @@ class PostgresStorage:
                 wanted,
             )
 
-        row = await self.pool.run(work, idempotent=True)
-        if not row["found"]:
-            raise ModelNotFound()
-        if row["id"] is None:
-            raise CheckpointNotFound()
-        return _checkpoint(row)
+        return _found_checkpoint(await self.pool.run(work, idempotent=True))
+
+    async def get_checkpoint_at_step(self, entity: str, model_id: str, step: int) -> Checkpoint:
+        _known_model(entity, model_id)
+
+        async def work(connection: Connection) -> Any:
+            return await connection.fetchrow(
+                f"SELECT m.found, c.{', c.'.join(CHECKPOINT_COLUMNS.split(', '))}, "
+                f"{file_totals('c')} "
+                "FROM (SELECT EXISTS (" + LIVE_MODEL + ") AS found) m "
+                "LEFT JOIN checkpoints c ON m.found AND c.model_id = $1::uuid AND c.step = $3",
+                model_id,
+                entity,
+                step,
+            )
+
+        return _found_checkpoint(await self.pool.run(work, idempotent=True))
 
     async def update_metrics(
         self, entity: str, model_id: str, checkpoint_id: str, metrics: dict[str, float]
@@ -913,3 +924,12 @@ async def _delete_model_rows(connection: Connection, model_id: str) -> None:
     )
     for table in tables:
         await connection.execute(f"DELETE FROM {table} WHERE model_id = $1::uuid", model_id)
+
+
+def _found_checkpoint(row: Any) -> Checkpoint:
+    """A checkpoint read beside its model's liveness (`m.found`)."""
+    if not row["found"]:
+        raise ModelNotFound()
+    if row["id"] is None:
+        raise CheckpointNotFound()
+    return _checkpoint(row)

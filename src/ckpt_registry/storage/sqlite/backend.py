@@ -655,6 +655,17 @@ class SQLiteStorage:
             _require_live_model(db, entity, model_id)
             return _with_files(db, _checkpoint_by_id(db, model_id, checkpoint_id))
 
+    async def get_checkpoint_at_step(self, entity: str, model_id: str, step: int) -> Checkpoint:
+        with self._reading() as db:
+            _require_live_model(db, entity, model_id)
+            row = db.execute(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE model_id = ? AND step = ?",
+                (model_id, step),
+            ).fetchone()
+            if row is None:
+                raise CheckpointNotFound()
+            return _with_files(db, _checkpoint(row))
+
     async def update_metrics(
         self, entity: str, model_id: str, checkpoint_id: str, metrics: dict[str, float]
     ) -> Checkpoint:
