@@ -10,8 +10,6 @@ from .errors import (
     AuthenticationError,
     CkptError,
     ConflictError,
-    FileConflictError,
-    FileIntegrityError,
     InternalServerError,
     NotFoundError,
     PermissionDeniedError,
@@ -20,8 +18,6 @@ from .errors import (
     UnprocessableEntityError,
 )
 from .pagination import AsyncCursorPage, AsyncPaginator, CursorPage
-from .resources.files import DownloadedCheckpoint, SavedCheckpoint
-from .transfers import DownloadResult, FileInfo, Progress, UploadResult
 from .types import (
     Checkpoint,
     CheckpointDetail,
@@ -49,23 +45,15 @@ __all__ = [
     "Client",
     "ConflictError",
     "CursorPage",
-    "DownloadResult",
-    "DownloadedCheckpoint",
-    "FileConflictError",
-    "FileInfo",
-    "FileIntegrityError",
     "InternalServerError",
     "Model",
     "ModelDeleted",
     "NotFoundError",
     "PermissionDeniedError",
-    "Progress",
     "RateLimitError",
     "RegisteredCheckpoint",
     "RequestTooLargeError",
     "RetentionResult",
     "RetryPolicy",
-    "SavedCheckpoint",
     "UnprocessableEntityError",
-    "UploadResult",
 ]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any, Generic, TypeVar
-from urllib.parse import quote, urljoin
+from urllib.parse import quote
 
 import httpx
 
@@ -90,8 +90,6 @@ class APIRequest(Generic[T]):
     content: RequestContent | None = None
     headers: Mapping[str, str] | None = None
     stream: bool = False
-    # False for a presigned URL to a blob store: our key goes only to the registry.
-    authenticated: bool = True
 
     def __post_init__(self) -> None:
         if self.json is not None and self.content is not None:
@@ -167,11 +165,7 @@ class BaseClient:
         }
 
     def _url(self, path: str) -> str:
-        """A path under the API (`preview/models`), or an `href` the server gave: an absolute URL
-        (presigned, to a blob store) or a path from the server's root (`/v1/preview/...`)."""
-        if "://" in path or path.startswith("/"):
-            return urljoin(self.base_url + "/", path)
-        return f"{self.base_url}/{path}"
+        return f"{self.base_url}/{path.lstrip('/')}"
 
     def _build_request(
         self, http: httpx.Client | httpx.AsyncClient, request: APIRequest[Any]
@@ -180,15 +174,10 @@ class BaseClient:
         return http.build_request(
             request.method,
             self._url(request.path),
-            # None, not {}: merging even no parameters re-encodes a URL's query, which breaks the
-            # signature of a presigned URL.
-            params=params or None,
+            params=params,
             json=request.json,
             content=request.content,
-            headers={
-                **(self._headers if request.authenticated else {}),
-                **(request.headers or {}),
-            },
+            headers={**self._headers, **(request.headers or {})},
             timeout=self.timeout,
         )
 

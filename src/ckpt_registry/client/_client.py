@@ -11,7 +11,7 @@ import httpx
 
 from ._base import DEFAULT_MAX_RETRIES, APIRequest, Attempts, BaseClient, Retry, RetryPolicy
 from .pagination import AsyncCursorPage, AsyncPaginator, CursorPage, ItemT, PageBody
-from .resources import AsyncCheckpoints, AsyncFiles, AsyncModels, Checkpoints, Files, Models
+from .resources import AsyncCheckpoints, AsyncModels, Checkpoints, Models
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -33,7 +33,6 @@ class Client(BaseClient):
 
     models: Models
     checkpoints: Checkpoints
-    files: Files
 
     def __init__(
         self,
@@ -57,7 +56,6 @@ class Client(BaseClient):
         self._http = http_client if http_client is not None else httpx.Client()
         self.models = Models(self)
         self.checkpoints = Checkpoints(self)
-        self.files = Files(self)
 
     def close(self) -> None:
         if self._owns_http:
@@ -115,7 +113,6 @@ class AsyncClient(BaseClient):
 
     models: AsyncModels
     checkpoints: AsyncCheckpoints
-    files: AsyncFiles
 
     def __init__(
         self,
@@ -138,7 +135,6 @@ class AsyncClient(BaseClient):
         self._http = http_client if http_client is not None else httpx.AsyncClient()
         self.models = AsyncModels(self)
         self.checkpoints = AsyncCheckpoints(self)
-        self.files = AsyncFiles(self)
 
     async def close(self) -> None:
         if self._owns_http:
