@@ -163,6 +163,21 @@ def test_get_a_checkpoint_that_is_not_in_this_model_is_404(
     assert api.get(f"{url(sibling)}/{siblings}").status_code == 200
 
 
+def test_get_checkpoint_by_step(api: httpx.Client, model_id: str) -> None:
+    created = register(api, model_id, 7, {"loss": 0.5})
+    register(api, model_id, 9)
+    delete_steps(api, model_id, [9])
+
+    response = api.get(f"{url(model_id)}/steps/7")
+    assert response.status_code == 200
+    assert response.json() == created
+    for step in (8, 9, 2**63 - 1):
+        assert_detail(api.get(f"{url(model_id)}/steps/{step}"), 404, "Checkpoint not found")
+    for bad in ("-1", "x", str(2**63), "1.0", "007", "+7", "1" * 20):
+        assert_validation_error(api.get(f"{url(model_id)}/steps/{bad}"), ["path", "step"])
+    assert_detail(api.get(f"{url(str(uuid.uuid4()))}/steps/7"), 404, "Model not found")
+
+
 def test_delete_by_steps_reports_what_it_did(api: httpx.Client, model_id: str) -> None:
     for step in (1, 2, 3, 4):
         register(api, model_id, step)

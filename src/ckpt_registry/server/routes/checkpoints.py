@@ -19,6 +19,7 @@ from ...contract import (
 )
 from ...storage.base import BestRule
 from ..auth import Entity, StorageDep
+from ..errors import RequestInvalid
 from ..responses import JSONBytes, checkpoint_detail, checkpoint_page_body
 from ..schemas import (
     MODEL_ERRORS,
@@ -36,6 +37,9 @@ from ..schemas import (
 )
 
 router = APIRouter(prefix=CHECKPOINTS_PATH, tags=["models"])
+
+# A step in a URL: 0 or digits without a leading zero, at most 19 of them (MAX_STEP has 19).
+STEP_TEXT = r"^(0|[1-9][0-9]{0,18})$"
 
 
 @router.get(
@@ -155,12 +159,21 @@ async def apply_retention(
 )
 async def get_checkpoint_at_step(
     model_id: str,
-    step: Annotated[int, Path(ge=0, le=MAX_STEP, description="The checkpoint's step")],
+    step: Annotated[
+        str,
+        Path(
+            pattern=STEP_TEXT,
+            description="The checkpoint's step: decimal digits, no sign or leading zero",
+        ),
+    ],
     entity: Entity,
     storage: StorageDep,
 ) -> Response:
+    # Text, not int: `1.0` or `007` would otherwise be taken for a step as lenient parsing does.
+    if int(step) > MAX_STEP:
+        raise RequestInvalid(["path", "step"], f"a step is at most {MAX_STEP}")
     return JSONBytes(
-        checkpoint_detail(await storage.get_checkpoint_at_step(entity, model_id, step))
+        checkpoint_detail(await storage.get_checkpoint_at_step(entity, model_id, int(step)))
     )
 
 
