@@ -195,3 +195,71 @@ def unstacked(app: Any) -> tuple[list[Any], FastAPI]:
         layers.append(app)
         app = app.app
     return layers, app
+
+
+def drive_every_route(api: httpx.Client, name: str = "every-route") -> dict[str, str]:
+    """One successful request to every route of the API, files and uploads included, as a user
+    would make them; returns the ids it made (`model`, `checkpoint`, `upload`)."""
+    import hashlib
+
+    data = b"weights " * 1000
+    digest = hashlib.sha256(data).hexdigest()
+    assert api.get("/health").status_code == 200
+    assert api.get("/system-check").status_code == 200
+    model = create_model(api, name)
+    assert api.get("/preview/models", params={"limit": 1}).status_code == 200
+    assert api.get(f"/preview/models/{model}").status_code == 200
+    checkpoint = register(api, model, 1, {"loss": 0.5})["id"]
+    register(api, model, 2, {"loss": 0.25})
+    assert list_page(api, model, limit=1)["data"]
+    assert api.get(f"/preview/models/{model}/checkpoints/{checkpoint}").status_code == 200
+    assert api.get(f"/preview/models/{model}/checkpoints/steps/1").status_code == 200
+    assert (
+        api.patch(
+            f"/preview/models/{model}/checkpoints/{checkpoint}", json={"metrics": {"eval": 1.0}}
+        ).status_code
+        == 200
+    )
+    assert (
+        api.get(
+            f"/preview/models/{model}/checkpoints/best", params={"metric": "loss", "mode": "min"}
+        ).status_code
+        == 200
+    )
+    files = f"/preview/models/{model}/checkpoints/{checkpoint}/files"
+    assert api.put(f"{files}/model.bin", content=data).status_code == 201
+    assert api.get(files).status_code == 200
+    assert api.head(f"{files}/model.bin").status_code == 200
+    assert api.get(f"{files}/model.bin").content == data
+    transfers = api.post(
+        f"/preview/models/{model}/checkpoints/{checkpoint}/transfers",
+        json={
+            "operation": "upload",
+            "files": [{"path": "copy.bin", "sha256": digest, "size_bytes": len(data)}],
+        },
+    )
+    assert transfers.status_code == 200, transfers.text
+    started = api.post(
+        f"/preview/models/{model}/checkpoints/{checkpoint}/uploads", json={"path": "late.bin"}
+    )
+    assert started.status_code == 201, started.text
+    upload = f"/preview/uploads/{started.json()['id']}"
+    assert api.patch(upload, content=data, headers={"Upload-Offset": "0"}).status_code == 204
+    assert api.head(upload).status_code == 200
+    assert api.post(upload + "/complete", json={"sha256": digest}).status_code == 201
+    cancelled = api.post(
+        f"/preview/models/{model}/checkpoints/{checkpoint}/uploads", json={"path": "gone.bin"}
+    )
+    assert cancelled.status_code == 201, cancelled.text
+    assert api.delete(f"/preview/uploads/{cancelled.json()['id']}").status_code == 204
+    assert api.delete(f"{files}/model.bin").status_code == 204
+    assert api.get("/preview/usage").status_code == 200
+    assert (
+        api.post(
+            f"/preview/models/{model}/checkpoints/retention", json={"keep_latest": 1}
+        ).status_code
+        == 200
+    )
+    delete_steps(api, model, [2])
+    assert api.delete(f"/preview/models/{model}").status_code == 200
+    return {"model": model, "checkpoint": checkpoint, "upload": started.json()["id"]}

@@ -83,14 +83,42 @@ def cli() -> None:
 @click.option("--host", envvar="CKPT_HOST", default="127.0.0.1", show_default=True)
 @click.option("--port", envvar="CKPT_PORT", default=8000, show_default=True, type=int)
 @click.option("--workers", envvar="CKPT_WORKERS", default=1, show_default=True, type=int)
-@click.option("--access-log/--no-access-log", default=False, show_default=True)
+@click.option(
+    "--access-log/--no-access-log",
+    envvar="CKPT_ACCESS_LOG",
+    default=False,
+    show_default=True,
+    help="Log one line per request: method, route template, status, duration, request id.",
+)
+@click.option(
+    "--log-format",
+    envvar="CKPT_LOG_FORMAT",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line (env CKPT_LOG_FORMAT).",
+)
+@click.option(
+    "--metrics",
+    envvar="CKPT_METRICS",
+    default="on",
+    show_default=True,
+    help="Prometheus metrics: off, on (GET /metrics on --port) or a port to serve them on "
+    "alone (env CKPT_METRICS).",
+)
 def serve(
-    database_url: str, blob_url: str | None, host: str, port: int, workers: int, access_log: bool
+    database_url: str,
+    blob_url: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    access_log: bool,
+    log_format: str,
+    metrics: str,
 ) -> None:
     """Migrate the database, make a first key if there is none, and serve the API."""
-    import uvicorn
-
     from ..server import Settings
+    from ..server.serving import run_server
 
     if blob_url:
         os.environ["CKPT_BLOB_URL"] = blob_url
@@ -99,9 +127,12 @@ def serve(
         CKPT_HOST=host,
         CKPT_PORT=str(port),
         CKPT_WORKERS=str(workers),
+        CKPT_ACCESS_LOG="true" if access_log else "false",
+        CKPT_LOG_FORMAT=log_format,
+        CKPT_METRICS=metrics,
     )
     try:
-        Settings()
+        settings = Settings()
     except ValidationError as exc:
         problems = "; ".join(
             (f"CKPT_{'_'.join(map(str, error['loc'])).upper()}: " if error["loc"] else "")
@@ -115,15 +146,7 @@ def serve(
         click.echo(
             f"Created an API key for entity 'default' (shown once, store it now):\n{first_key}"
         )
-    uvicorn.run(
-        "ckpt_registry.server.app:create_app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=access_log,
-        log_level="info",
-    )
+    run_server(settings)
 
 
 async def create_first_key(storage: Storage) -> str | None:

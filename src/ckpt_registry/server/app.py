@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
+from prometheus_client import start_http_server
 from starlette.types import ASGIApp
 
 from .. import __version__
@@ -18,15 +19,19 @@ from ..collector import collect
 from ..storage import PoolOptions, Storage, open_storage
 from ..storage.errors import StorageError
 from .asgi import Layer, stacked
-from .errors import install_error_handlers
+from .errors import blob_error_kind, install_error_handlers
 from .fastpath import ListCheckpointsFastPath
 from .fastregister import RegisterCheckpointFastPath
 from .limits import BodyLimit, BodyLimits, BodySizeLimit
+from .metrics import Metrics
+from .observe import RequestLayer
 from .openapi import install_openapi
 from .routes import checkpoints, files, models, service, uploads, usage
 from .settings import Settings
 
 log = logging.getLogger("ckpt_registry")
+
+POOL_SAMPLE_SECONDS = 1.0
 
 ROUTERS = (
     models.router,
@@ -39,8 +44,10 @@ ROUTERS = (
 )
 
 
-async def collect_garbage(storage: Storage, blobs: BlobStore, settings: Settings) -> None:
-    """One collector pass (`collector.collect`), its outcome logged."""
+async def collect_garbage(
+    storage: Storage, blobs: BlobStore, settings: Settings, metrics: Metrics | None = None
+) -> None:
+    """One collector pass (`collector.collect`), its outcome logged and counted."""
     try:
         done = await collect(
             storage,
@@ -51,7 +58,19 @@ async def collect_garbage(storage: Storage, blobs: BlobStore, settings: Settings
         )
     except (StorageError, BlobError) as exc:
         log.warning("garbage collection failed: %s", exc)
+        if metrics is not None:
+            metrics.gc_runs.labels("failed").inc()
+            kind = blob_error_kind(exc)
+            if kind is not None:
+                metrics.blob_errors.labels(kind).inc()
         return
+    if metrics is not None:
+        metrics.gc_runs.labels("ok").inc()
+        metrics.gc_removed.labels("model_deletes").inc(done.finished_models)
+        metrics.gc_removed.labels("tombstones").inc(done.tombstones)
+        metrics.gc_removed.labels("uploads").inc(done.expired_uploads)
+        metrics.gc_removed.labels("blobs").inc(done.blobs)
+        metrics.gc_freed_bytes.inc(done.freed_bytes)
     if done.finished_models:
         log.info("finished deleting the rows of %d deleted models", done.finished_models)
     if done.tombstones:
@@ -60,16 +79,28 @@ async def collect_garbage(storage: Storage, blobs: BlobStore, settings: Settings
         log.info("removed %d unreferenced blobs (%d bytes)", done.blobs, done.freed_bytes)
 
 
-async def collect_garbage_forever(storage: Storage, blobs: BlobStore, settings: Settings) -> None:
+async def collect_garbage_forever(
+    storage: Storage, blobs: BlobStore, settings: Settings, metrics: Metrics | None
+) -> None:
     """At start (a delete cut short by a crash is finished at once), then every interval (if any)."""
-    await collect_garbage(storage, blobs, settings)
+    await collect_garbage(storage, blobs, settings, metrics)
     while settings.gc_interval_seconds > 0:
         await asyncio.sleep(settings.gc_interval_seconds)
-        await collect_garbage(storage, blobs, settings)
+        await collect_garbage(storage, blobs, settings, metrics)
+
+
+async def sample_pool_forever(storage: Storage, metrics: Metrics) -> None:
+    """The pool gauges, once a second: every worker writes its own (a scrape reaches only one)."""
+    while True:
+        usage = storage.pool_usage()
+        if usage is not None:
+            metrics.observe_pool(usage)
+        await asyncio.sleep(POOL_SAMPLE_SECONDS)
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or Settings()
+    metrics = Metrics() if settings.metrics != "off" else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,7 +121,15 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             raise
         app.state.storage = storage
         app.state.blobs = blobs
-        collector = asyncio.create_task(collect_garbage_forever(storage, blobs, settings))
+        metrics_server = None
+        if metrics is not None and settings.metrics_port is not None and settings.workers == 1:
+            # Several workers share one port served by `ckpt serve` itself (`serving.py`).
+            metrics_server, _ = start_http_server(
+                settings.metrics_port, addr=settings.host, registry=metrics.registry
+            )
+        tasks = [asyncio.create_task(collect_garbage_forever(storage, blobs, settings, metrics))]
+        if metrics is not None and storage.pool_usage() is not None:
+            tasks.append(asyncio.create_task(sample_pool_forever(storage, metrics)))
         # Everything alive now (the framework, the routes, the schemas) lives as long as the process:
         # keep it out of the cyclic collector's full passes, which otherwise walk all of it.
         gc.collect()
@@ -98,9 +137,12 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         try:
             yield
         finally:
-            collector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await collector
+            if metrics_server is not None:
+                metrics_server.shutdown()
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             app.state.storage = None
             await storage.close()
             await blobs.close()
@@ -113,6 +155,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     )
     api.state.storage = None
     api.state.settings = settings
+    api.state.metrics = metrics
     install_error_handlers(api)
     for router in ROUTERS:
         api.include_router(router)
@@ -132,8 +175,18 @@ def asgi_layers(api: FastAPI, settings: Settings) -> list[Layer]:
     # Measured in-process (best of 10 batches, 2,000 list / 500 register requests each, SQLite):
     # list 39.1 us per request before and after this list replaced the hand-nested stack;
     # registration 224 instead of 240 us, its body no longer buffered twice.
+    metrics: Metrics | None = api.state.metrics
     return [
-        # GETs only, and most requests: first, so they pay for nothing behind it.
+        # Every request: its id, its metrics, its access line. Measured in-process (best of 10
+        # batches of 2,000 list requests, SQLite; benchmarks/list_endpoint.py --metrics-cost):
+        # see README "Operating it" for the figure.
+        lambda app: RequestLayer(
+            app,
+            metrics,
+            serve_metrics=settings.metrics == "on",
+            access_log=settings.access_log,
+        ),
+        # GETs only, and most requests: in front of the rest, so they pay for nothing behind it.
         lambda app: ListCheckpointsFastPath(app, storage),
         # Reads its own body within its route's limit (413 over it), so it needs nothing in front.
         lambda app: register(app, storage, register_limit),

@@ -9,6 +9,7 @@ from fastapi.security import HTTPBearer
 
 from ..keys import hash_key
 from ..storage.base import Storage
+from .requestlog import note_entity
 
 # Declared for the OpenAPI document (`security: [{"HTTPBearer": []}]`); we read the header ourselves so
 # that every failure is a 401 with a message that says what is wrong.
@@ -31,6 +32,7 @@ async def entity_for_authorization(authorization: str | None, storage: Storage) 
     entity = await storage.entity_for_key(hash_key(key.strip()))
     if entity is None:
         raise AuthenticationFailed("Invalid or revoked API key")
+    note_entity(entity)
     return entity
 
 

@@ -79,6 +79,15 @@ async def _storage_error(_: Request, exc: Exception) -> Response:
     return storage_error_response(exc)
 
 
+def blob_error_kind(exc: BaseException) -> str | None:
+    """The metrics' label for a failure of the store itself; None for a client's mistake."""
+    if isinstance(exc, blob_errors.BlobStoreUnavailable):
+        return "full" if exc.full else "unavailable"
+    if isinstance(exc, blob_errors.BlobNotFound):
+        return "missing"  # a file's record names a blob the store no longer has
+    return None
+
+
 def blob_error_response(exc: blob_errors.BlobError) -> Response:
     if isinstance(exc, blob_errors.DigestMismatch):
         return validation_error(
@@ -92,8 +101,12 @@ def blob_error_response(exc: blob_errors.BlobError) -> Response:
     return JSONBytes({"detail": exc.message}, 503, headers={"Retry-After": "10"})
 
 
-async def _blob_error(_: Request, exc: Exception) -> Response:
+async def _blob_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, blob_errors.BlobError)
+    kind = blob_error_kind(exc)
+    metrics = request.app.state.metrics
+    if metrics is not None and kind is not None:
+        metrics.blob_errors.labels(kind).inc()
     return blob_error_response(exc)
 
 

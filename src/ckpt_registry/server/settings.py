@@ -8,6 +8,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ..blobs import default_blob_url
 from ..contract import MAX_JSON_BODY_BYTES
 from ..storage.urls import backend_of
+from .requestlog import LogFormat
 
 GIB = 1024**3
 
@@ -61,6 +62,27 @@ class Settings(BaseSettings):
     pg_pool_size: int = Field(default=20, ge=1, le=1000)
     pg_connect_timeout: float = Field(default=5.0, gt=0)
     pg_statement_timeout: float = Field(default=10.0, gt=0)
+
+    metrics: str = Field(
+        default="on",
+        description="Prometheus metrics: off, on (GET /metrics on the API's port) or a port "
+        "number to serve them on alone (only `ckpt serve` opens that port)",
+    )
+    log_format: LogFormat = Field(default="text", description="text, or json: one object per line")
+    access_log: bool = Field(default=False, description="log one line per request")
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_setting(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("off", "on") or (value.isdigit() and 0 < int(value) <= 65535):
+            return value
+        raise ValueError(f"{value!r}: use off, on, or a port number (1-65535)")
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port the metrics are served on alone, when `metrics` names one."""
+        return int(self.metrics) if self.metrics.isdigit() else None
 
     @field_validator("database_url")
     @classmethod

@@ -135,6 +135,14 @@ def encode_metrics(metrics: dict[str, float]) -> str:
     return orjson.dumps(metrics).decode()
 
 
+@dataclass(frozen=True, slots=True)
+class PoolUsage:
+    """A connection pool at one moment: connections lent out, and units of work waiting for one."""
+
+    in_use: int
+    waiting: int
+
+
 class Storage(Protocol):
     """What the server, the CLI and the benchmarks need from a database.
 
@@ -146,6 +154,9 @@ class Storage(Protocol):
         """Connect (the pool, the SQLite connection). Called once before any other method."""
 
     async def close(self) -> None: ...
+
+    def pool_usage(self) -> PoolUsage | None:
+        """The connection pool's state for the metrics; None without a pool (SQLite)."""
 
     async def check(self) -> None:
         """Raise `DatabaseUnavailable` with a reason when the database does not answer, or when

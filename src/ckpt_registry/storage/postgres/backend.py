@@ -23,6 +23,7 @@ from ..base import (
     Model,
     ModelPage,
     Order,
+    PoolUsage,
     RetentionResult,
     UploadSession,
     Usage,
@@ -157,6 +158,9 @@ class PostgresStorage:
     async def close(self) -> None:
         await self.keys.close()
         await self.pool.close()
+
+    def pool_usage(self) -> PoolUsage | None:
+        return self.pool.usage()
 
     async def check(self) -> None:
         async def ping(connection: Connection) -> None:

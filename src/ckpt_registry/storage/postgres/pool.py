@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
+from ..base import PoolUsage
 from ..errors import DatabaseUnavailable
 from ..outages import Episode
 
@@ -88,6 +89,7 @@ class Pool:
         self.statement_timeout = statement_timeout
         self.episode = Episode(logger, "PostgreSQL")
         self._pool: Any = None
+        self._running = 0  # units of work inside `run`, holding a connection or waiting for one
 
     @property
     def is_open(self) -> bool:
@@ -130,12 +132,29 @@ class Pool:
             except (*CONNECTION_ERRORS, *TIMEOUT_ERRORS):
                 pool.terminate()
 
+    def usage(self) -> PoolUsage | None:
+        """Connections lent out, and units of work beyond them (waiting for one); None when closed."""
+        pool = self._pool
+        if pool is None:
+            return None
+        in_use = pool.get_size() - pool.get_idle_size()
+        return PoolUsage(in_use=in_use, waiting=max(self._running - in_use, 0))
+
     async def run(self, work: Callable[[Connection], Awaitable[T]], *, idempotent: bool) -> T:
         """Run `work` on a pooled connection.
 
         A transaction that lost a deadlock or serialization race is run again (up to RACE_ATTEMPTS
         times, after a short random pause so the racers do not meet again); if it keeps losing, 503.
         """
+        self._running += 1
+        try:
+            return await self._run_retrying(work, idempotent=idempotent)
+        finally:
+            self._running -= 1
+
+    async def _run_retrying(
+        self, work: Callable[[Connection], Awaitable[T]], *, idempotent: bool
+    ) -> T:
         for attempt in range(RACE_ATTEMPTS):
             try:
                 result = await self._run_once(work, idempotent=idempotent)

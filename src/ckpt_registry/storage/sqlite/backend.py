@@ -351,6 +351,9 @@ class SQLiteStorage:
                 raise
             raise error from exc
 
+    def pool_usage(self) -> None:
+        return None  # one connection per thread, no pool to wait for
+
     async def check(self) -> None:
         with self._reading() as db:
             db.execute("SELECT 1 FROM models LIMIT 1").fetchall()

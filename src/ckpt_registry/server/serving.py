@@ -1,0 +1,56 @@
+"""Running the server under uvicorn for `ckpt serve`: its logging, and the metrics' process set-up
+(the shared folder of multi-process mode, the separate metrics port)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+from .requestlog import log_config
+from .settings import Settings
+
+
+@contextlib.contextmanager
+def metrics_processes(settings: Settings) -> Iterator[None]:
+    """With several workers, a fresh folder they write their values to (set before any of them
+    imports `prometheus_client`, removed at exit), and the metrics port's server, here in the
+    parent, reading it. One worker serves its own metrics port (`app.py`)."""
+    if settings.metrics == "off" or settings.workers == 1:
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="ckpt-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    server = None
+    try:
+        if settings.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            from .metrics import exposition_registry
+
+            server, _ = start_http_server(
+                settings.metrics_port, addr=settings.host, registry=exposition_registry()
+            )
+        yield
+    finally:
+        if server is not None:
+            server.shutdown()
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_server(settings: Settings) -> None:
+    import uvicorn
+
+    with metrics_processes(settings):
+        uvicorn.run(
+            "ckpt_registry.server.app:create_app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            access_log=False,
+            log_config=log_config(settings.log_format),
+        )
