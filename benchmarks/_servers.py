@@ -98,7 +98,7 @@ class Server:
         return int(self.base_url.rsplit(":", 1)[1])
 
 
-def start_ours(name: str, database_url: str) -> Server:
+def start_ours(name: str, database_url: str, env: dict[str, str] | None = None) -> Server:
     port = free_port()
     log_path = OUT / f"{name}.log"
     # One worker, so the process we start is the process that serves (its RSS is the server's).
@@ -122,6 +122,7 @@ def start_ours(name: str, database_url: str) -> Server:
             **os.environ,
             "CKPT_GC_INTERVAL_SECONDS": "0",
             "CKPT_BLOB_URL": str(OUT / f"{name}-blobs"),
+            **(env or {}),
         },
     )
     base_url = f"http://{HOST}:{port}"

@@ -1,11 +1,14 @@
 """Benchmark the list endpoint against its limit, at 1,000,000 checkpoints, in one run.
 
     .venv/bin/python benchmarks/list_endpoint.py [--rows 1000000] [--postgres-url URL] [--duration 10]
+    .venv/bin/python benchmarks/list_endpoint.py --metrics-cost [--rows 100000] [--duration 5]
 
 Builds (or reuses, from benchmarks/out/) a model with `--rows` checkpoints, serves it with
 `ckpt serve`, serves a raw ASGI app returning the same page bytes with the same uvicorn options (the
 limit), loads both alternately with wrk, and prints a table of every figure against its target. What
 each figure means and the last results: docs/performance.md. Needs `wrk` (apt-get install -y wrk).
+`--metrics-cost` instead serves the same SQLite data twice, with metrics on and off, loads both
+alternately and prints the on/off ratio (README "Operating it" gives the figure).
 Always exits 0 once it has run: it is a benchmark, not a test. Its parts: _data.py builds the data,
 _servers.py starts and stops the processes, _measure.py takes each measurement.
 """
@@ -294,6 +297,25 @@ def measured(label: str, measure: Callable[[], list[Row]]) -> list[Row]:
         return [Row(f"{label}: the measurement failed", type(exc).__name__, "no error", "FAIL")]
 
 
+def metrics_cost(args: argparse.Namespace) -> None:
+    """The list endpoint with metrics on against the same server with them off, in one run."""
+    data = build_sqlite(args.rows, args.rebuild)
+    off = start_ours("ours-metrics-off", data.database_url, {"CKPT_METRICS": "off"})
+    on = start_ours("ours-metrics-on", data.database_url, {"CKPT_METRICS": "on"})
+    cursors, _, _ = sample_cursors(off, data)
+    log(f"list load, wrk -t2 -c32 -d{args.duration:g}s, {args.rounds} rounds each, alternating")
+    load = load_list(on, off, data, cursors, args.duration, args.rounds)
+    errors = sum(r.errors for r in load.ours + load.limit)
+    print()
+    print(
+        f"list_endpoint --metrics-cost: {args.rows:,} checkpoints, {os.cpu_count()} CPUs, "
+        f"wrk -t2 -c32 -d{args.duration:g}s x {args.rounds} rounds, errors {errors}"
+    )
+    print(f"metrics off: {mean_rps(load.limit):,.0f} req/s")
+    print(f"metrics on:  {mean_rps(load.ours):,.0f} req/s")
+    print(f"on/off ratio: {load.ratio():.3f}")
+
+
 def postgres_rows(args: argparse.Namespace) -> list[Row]:
     pg = build_postgres(args.postgres_url, args.rows, args.rebuild)
     build = Row(
@@ -316,6 +338,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent registering clients")
     parser.add_argument("--reg-duration", type=float, default=5.0)
     parser.add_argument("--rebuild", action="store_true", help="build the data even if cached")
+    parser.add_argument(
+        "--metrics-cost", action="store_true", help="only the list with metrics on against off"
+    )
     args = parser.parse_args()
     args.rounds = max(args.rounds, 2)
     require_wrk()
@@ -324,6 +349,12 @@ def main() -> None:
     # installs no handler of its own, so Ctrl-C / kill -INT would leave the servers running.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, raise_keyboard_interrupt)
+    if args.metrics_cost:
+        try:
+            metrics_cost(args)
+        finally:
+            stop_children()
+        return
     rows: list[Row] = []
     try:
         data = build_sqlite(args.rows, args.rebuild)
