@@ -11,9 +11,11 @@ import click
 from pydantic import ValidationError
 
 from ..blobs import default_blob_url, open_blob_store
+from ..blobs.errors import BlobError
 from ..collector import Collected, collect
 from ..keys import generate_key, hash_key
 from ..storage import Storage, open_storage
+from ..storage.compat import other_servers_problem, schema_problem
 from ..storage.errors import StorageError
 from ..storage.migrate import downgrade, upgrade
 from ..storage.urls import UnsupportedDatabaseUrl
@@ -140,13 +142,32 @@ def serve(
             for error in exc.errors()
         )
         raise click.ClickException(f"invalid settings: {problems}") from None
+    problem = schema_problem(database_url) or other_servers_problem(database_url)
+    if problem is not None:
+        raise click.ClickException(f"not starting: {problem}")
     upgrade(database_url)
+    problem = asyncio.run(blob_store_problem(settings.blob_store_url))
+    if problem is not None:
+        raise click.ClickException(f"not starting: {problem}")
     first_key = with_storage(database_url, create_first_key)
     if first_key is not None:
         click.echo(
             f"Created an API key for entity 'default' (shown once, store it now):\n{first_key}"
         )
     run_server(settings)
+
+
+async def blob_store_problem(url: str) -> str | None:
+    """Why the blob store cannot take files (a probe write failed), or None."""
+    blobs = open_blob_store(url)
+    try:
+        await blobs.open()
+        await blobs.check()
+    except BlobError as exc:
+        return f"the blob store {url} is not writable: {exc}"
+    finally:
+        await blobs.close()
+    return None
 
 
 async def create_first_key(storage: Storage) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from ..base import PoolUsage
+from ..compat import application_name
 from ..errors import DatabaseUnavailable
 from ..outages import Episode
 
@@ -101,7 +102,8 @@ class Pool:
             # Client-side bound as well, in case the server stops answering altogether.
             "command_timeout": self.statement_timeout + 1.0,
             "server_settings": {
-                "application_name": "ckpt-registry",
+                # Version and schema: `ckpt serve` elsewhere reads them (`compat.py`).
+                "application_name": application_name(),
                 "plan_cache_mode": "force_generic_plan",
                 "statement_timeout": str(int(self.statement_timeout * 1000)),
                 "idle_in_transaction_session_timeout": str(int(self.statement_timeout * 1000)),
