@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from pydantic import ValidationError
 
+from ..backup import BackupRefused, backup, restore
 from ..blobs import default_blob_url, open_blob_store
 from ..blobs.errors import BlobError
 from ..collector import Collected, collect
@@ -259,6 +261,48 @@ def db_gc(
         click.echo(f"removed {done.blobs} unreferenced blobs ({done.freed_bytes} bytes)")
     else:
         click.echo("blobs not collected: name the blob store with --blob-url (CKPT_BLOB_URL)")
+
+
+@db.command(
+    "backup",
+    epilog="Example: ckpt db backup /backups/ckpt-$(date +%F) --database-url sqlite:///./ckpt.db",
+)
+@database_url_option
+@blob_url_option
+@click.argument("dest", type=click.Path(path_type=Path))
+def db_backup(database_url: str, blob_url: str | None, dest: Path) -> None:
+    """Snapshot a SQLite database while it serves, with every blob its files name, into DEST (a new
+    folder). For PostgreSQL it says how to use pg_dump instead."""
+    store_url = blob_url or default_blob_url(database_url)
+    try:
+        done = asyncio.run(backup(database_url, store_url, dest))
+    except (BackupRefused, BlobError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"backed up schema {done.revision}: {done.models} models, {done.checkpoints} checkpoints, "
+        f"{done.files} files ({done.blobs} blobs, {done.blob_bytes} bytes) into {dest}"
+    )
+
+
+@db.command(
+    "restore",
+    epilog="Example: ckpt db restore /backups/ckpt-2026-12-04 --database-url sqlite:///./ckpt.db",
+)
+@database_url_option
+@blob_url_option
+@click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+def db_restore(database_url: str, blob_url: str | None, src: Path) -> None:
+    """Bring back a `ckpt db backup` folder as a new SQLite database (never over an existing one)
+    and its blobs into the blob store; `ckpt serve` then upgrades its schema if it is older."""
+    store_url = blob_url or default_blob_url(database_url)
+    try:
+        done = asyncio.run(restore(src, database_url, store_url))
+    except (BackupRefused, BlobError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"restored schema {done.revision}: {done.models} models, {done.checkpoints} checkpoints, "
+        f"{done.files} files ({done.blobs} blobs copied) into {database_url}"
+    )
 
 
 # Keys -----------------------------------------------------------------------------------------
