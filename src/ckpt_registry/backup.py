@@ -16,9 +16,7 @@ from pathlib import Path
 import orjson
 
 from . import __version__
-from .blobs import open_blob_store
-from .blobs.copy import copy_blobs
-from .blobs.local import LocalBlobStore
+from .blobs.copy import copy_store
 from .storage.compat import known_revision
 from .storage.urls import backend_of, sqlite_path
 
@@ -94,7 +92,7 @@ async def backup(database_url: str, blob_url: str | None, dest: Path) -> BackupS
     if sha256s:
         if blob_url is None:
             raise BackupRefused("the database has files: name their blob store with --blob-url")
-        copied, copied_bytes = await _copy(blob_url, dest / BLOBS, sha256s)
+        copied, copied_bytes = await copy_store(blob_url, dest / BLOBS, sha256s)
     (dest / MANIFEST).write_bytes(
         orjson.dumps(
             {
@@ -112,22 +110,6 @@ async def backup(database_url: str, blob_url: str | None, dest: Path) -> BackupS
         )
     )
     return BackupSummary(revision, models, checkpoints, files, copied, copied_bytes)
-
-
-async def _copy(source_url: str, target_url: Path | str, sha256s: list[str]) -> tuple[int, int]:
-    source = open_blob_store(source_url)
-    target = (
-        LocalBlobStore(target_url) if isinstance(target_url, Path) else open_blob_store(target_url)
-    )
-    await source.open()
-    try:
-        await target.open()
-        try:
-            return await copy_blobs(source, target, sha256s)
-        finally:
-            await target.close()
-    finally:
-        await source.close()
 
 
 async def restore(src: Path, database_url: str, blob_url: str | None) -> BackupSummary:
@@ -156,7 +138,7 @@ async def restore(src: Path, database_url: str, blob_url: str | None) -> BackupS
     if sha256s:
         if blob_url is None:
             raise BackupRefused("the backup has files: name the blob store with --blob-url")
-        copied, copied_bytes = await _copy(str(src / BLOBS), blob_url, sha256s)
+        copied, copied_bytes = await copy_store(str(src / BLOBS), blob_url, sha256s)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".restoring")
     partial.unlink(missing_ok=True)

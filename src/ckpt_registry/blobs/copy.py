@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from .base import BlobStore
 from .errors import BlobError, BlobNotFound
+from .local import LocalBlobStore
+from .urls import open_blob_store
 
 
 async def copy_blobs(
@@ -45,3 +48,25 @@ async def copy_blobs(
         if on_copied is not None:
             on_copied(sha256, size)
     return copied, copied_bytes
+
+
+async def copy_store(
+    source_url: str,
+    target_url: Path | str,
+    sha256s: list[str],
+    on_copied: Callable[[str, int], None] | None = None,
+) -> tuple[int, int]:
+    """Copy the named blobs between two stores (a `Path`: a backup's own folder)."""
+    source = open_blob_store(source_url)
+    target = (
+        LocalBlobStore(target_url) if isinstance(target_url, Path) else open_blob_store(target_url)
+    )
+    await source.open()
+    try:
+        await target.open()
+        try:
+            return await copy_blobs(source, target, sha256s, on_copied)
+        finally:
+            await target.close()
+    finally:
+        await source.close()

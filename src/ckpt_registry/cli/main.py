@@ -10,14 +10,17 @@ from typing import Any, TypeVar
 
 import click
 from pydantic import ValidationError
+from rich.console import Console
 
 from ..backup import BackupRefused, backup, restore
 from ..blobs import default_blob_url, open_blob_store
+from ..blobs.copy import copy_store
 from ..blobs.errors import BlobError
 from ..collector import Collected, collect
 from ..keys import generate_key, hash_key
 from ..storage import Storage, open_storage
-from ..storage.compat import other_servers_problem, schema_problem
+from ..storage.compat import copy_problem, other_servers_problem, schema_problem
+from ..storage.copy import CopyRefused, copy_database, finish_copy
 from ..storage.errors import StorageError
 from ..storage.migrate import downgrade, upgrade
 from ..storage.urls import UnsupportedDatabaseUrl
@@ -144,7 +147,11 @@ def serve(
             for error in exc.errors()
         )
         raise click.ClickException(f"invalid settings: {problems}") from None
-    problem = schema_problem(database_url) or other_servers_problem(database_url)
+    problem = (
+        schema_problem(database_url)
+        or copy_problem(database_url)
+        or other_servers_problem(database_url)
+    )
     if problem is not None:
         raise click.ClickException(f"not starting: {problem}")
     upgrade(database_url)
@@ -303,6 +310,61 @@ def db_restore(database_url: str, blob_url: str | None, src: Path) -> None:
         f"restored schema {done.revision}: {done.models} models, {done.checkpoints} checkpoints, "
         f"{done.files} files ({done.blobs} blobs copied) into {database_url}"
     )
+
+
+@db.command(
+    "copy",
+    epilog="Example: ckpt db copy --from sqlite:///./ckpt.db --to postgresql://ckpt@db/ckpt "
+    "--blob-from ./ckpt.db-blobs --blob-to s3://bucket/ckpt",
+)
+@click.option("--from", "from_url", required=True, help="The SQLite database: sqlite:///PATH.")
+@click.option("--to", "to_url", required=True, help="An empty PostgreSQL database.")
+@click.option("--blob-from", help="The blob store the files are in now (default: beside the file).")
+@click.option("--blob-to", help="The blob store the new servers will use: a folder or s3://...")
+def db_copy(from_url: str, to_url: str, blob_from: str | None, blob_to: str | None) -> None:
+    """Copy every key, model, checkpoint, metric, tombstone and file record from SQLite into an
+    empty PostgreSQL database (ids unchanged: clients keep their ids and cursors), and the blobs
+    between stores, verifying each digest. Run it again to finish a copy cut short."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    blob_from = blob_from or (default_blob_url(from_url) if blob_to else None)
+    if blob_to and blob_from == blob_to:
+        raise click.ClickException("--blob-from and --blob-to name the same store")
+    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_rows(table: str, rows: int, total: int) -> None:
+            if table not in tasks:
+                tasks[table] = progress.add_task(table, total=total)
+            progress.advance(tasks[table], rows)
+
+        try:
+            done = asyncio.run(copy_database(from_url, to_url, on_rows))
+        except CopyRefused as exc:
+            raise click.ClickException(str(exc)) from None
+        if done.sha256s and blob_to:
+            assert blob_from is not None
+            blob_task = progress.add_task("blobs", total=len(done.sha256s))
+            try:
+                copied, copied_bytes = asyncio.run(
+                    copy_store(
+                        blob_from, blob_to, done.sha256s, lambda *_: progress.advance(blob_task)
+                    )
+                )
+            except BlobError as exc:
+                raise click.ClickException(f"copying blobs: {exc}") from None
+    if done.sha256s and not blob_to:
+        click.echo(
+            f"{len(done.sha256s)} blobs not copied: the new servers must use the same store, "
+            "or run again with --blob-to",
+            err=True,
+        )
+    asyncio.run(finish_copy(to_url))
+    rows = ", ".join(f"{n} {table}" for table, n in done.rows.items())
+    click.echo(f"copied {rows}; {done.models_compared} models compared on both sides: identical")
+    if done.sha256s and blob_to:
+        click.echo(f"blobs: {copied} copied ({copied_bytes} bytes), every digest verified")
 
 
 # Keys -----------------------------------------------------------------------------------------

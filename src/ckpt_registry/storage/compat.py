@@ -13,6 +13,7 @@ import asyncio
 import functools
 import re
 import sqlite3
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from alembic.script import ScriptDirectory
@@ -23,6 +24,8 @@ from .migrate import alembic_config
 from .urls import backend_of, postgres_dsn, sqlite_path
 
 APPLICATION = "ckpt-registry"
+# `ckpt db copy` comments the target's `alembic_version` with this and the source until verified.
+COPY_MARKER = "ckpt db copy unfinished, from "
 _SCHEMA = re.compile(r" schema (\S+)$")
 
 
@@ -109,6 +112,37 @@ def other_servers_problem(url: str) -> str | None:
                 "stop the others first"
             )
     return None
+
+
+async def unfinished_copy(connection: Any) -> str | None:
+    """The source of an unfinished `ckpt db copy` into this database, or None."""
+    if await connection.fetchval("SELECT to_regclass('alembic_version')") is None:
+        return None
+    comment = await connection.fetchval("SELECT obj_description('alembic_version'::regclass)")
+    if comment and comment.startswith(COPY_MARKER):
+        return str(comment[len(COPY_MARKER) :])
+    return None
+
+
+def copy_problem(url: str) -> str | None:
+    """Why the database may not be served yet: a `ckpt db copy` into it has not finished."""
+    if backend_of(url) != "postgresql":
+        return None
+
+    async def ask() -> str | None:
+        connection = await asyncpg.connect(postgres_dsn(url), timeout=10)
+        try:
+            return await unfinished_copy(connection)
+        finally:
+            await connection.close()
+
+    source = asyncio.run(ask())
+    if source is None:
+        return None
+    return (
+        f"a ckpt db copy from {source} into this database has not finished: run the same "
+        "ckpt db copy again to complete it"
+    )
 
 
 async def _other_servers(url: str) -> tuple[list[tuple[str, str]], str | None]:
