@@ -153,12 +153,14 @@ def test_two_workers_add_up_on_the_api_port_and_on_a_metrics_port(tmp_path: Path
         key = add_key(database_url)
         scraped = f"http://127.0.0.1:{metrics_port}/metrics"
         health = ("ckpt_http_requests_total", {"method": "GET", "route": "/v1/health"})
+        time.sleep(1.5)  # each worker publishes its tallies once a second
         before = value(scrape(scraped)[1], health[0], **health[1])  # start_servers' polls
         with servers[0].client(key) as api:
             drive_every_route(api)
             # New connections, so that both workers take some of them.
             for _ in range(40):
                 assert httpx.get(servers[0].url + "/health").status_code == 200
+        time.sleep(1.5)  # each worker publishes its tallies once a second
         text, samples = scrape(scraped)
         assert value(samples, "ckpt_checkpoints_registered_total") == 2
         # 40, and the one in the run through every route, whichever worker answered each.

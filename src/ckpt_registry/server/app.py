@@ -31,7 +31,7 @@ from .settings import Settings
 
 log = logging.getLogger("ckpt_registry")
 
-POOL_SAMPLE_SECONDS = 1.0
+METRICS_PUBLISH_SECONDS = 1.0
 
 ROUTERS = (
     models.router,
@@ -89,13 +89,15 @@ async def collect_garbage_forever(
         await collect_garbage(storage, blobs, settings, metrics)
 
 
-async def sample_pool_forever(storage: Storage, metrics: Metrics) -> None:
-    """The pool gauges, once a second: every worker writes its own (a scrape reaches only one)."""
+async def publish_metrics_forever(storage: Storage, metrics: Metrics) -> None:
+    """The request tallies and the pool gauges, once a second: every worker publishes its own (a
+    scrape reaches only one of them)."""
     while True:
+        metrics.publish()
         usage = storage.pool_usage()
         if usage is not None:
             metrics.observe_pool(usage)
-        await asyncio.sleep(POOL_SAMPLE_SECONDS)
+        await asyncio.sleep(METRICS_PUBLISH_SECONDS)
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
@@ -128,8 +130,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 settings.metrics_port, addr=settings.host, registry=metrics.registry
             )
         tasks = [asyncio.create_task(collect_garbage_forever(storage, blobs, settings, metrics))]
-        if metrics is not None and storage.pool_usage() is not None:
-            tasks.append(asyncio.create_task(sample_pool_forever(storage, metrics)))
+        if metrics is not None:
+            tasks.append(asyncio.create_task(publish_metrics_forever(storage, metrics)))
         # Everything alive now (the framework, the routes, the schemas) lives as long as the process:
         # keep it out of the cyclic collector's full passes, which otherwise walk all of it.
         gc.collect()
@@ -177,9 +179,10 @@ def asgi_layers(api: FastAPI, settings: Settings) -> list[Layer]:
     # registration 224 instead of 240 us, its body no longer buffered twice.
     metrics: Metrics | None = api.state.metrics
     return [
-        # Every request: its id, its metrics, its access line (when on). Measured with
-        # `benchmarks/list_endpoint.py --metrics-cost` (wrk, SQLite, 2 shared CPUs): the list
-        # endpoint served 3,542 req/s with metrics on against 3,586 off, a ratio of 0.988.
+        # Every request: its id, its metrics, its access line (when on). Measured on a busy 2-core
+        # machine: the list endpoint's on/off ratio 0.988 and 0.949 in two runs through wrk
+        # (benchmarks/list_endpoint.py --metrics-cost); in process the layer adds ~5 us per
+        # request, ~7.5 with metrics on (benchmarks/request_layer.py).
         lambda app: RequestLayer(
             app,
             metrics,

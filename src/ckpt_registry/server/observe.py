@@ -104,6 +104,7 @@ class RequestLayer:
 
     async def send_metrics(self, send: Send, method: str) -> None:
         assert self.metrics is not None
+        self.metrics.publish()
         # Reading the workers' files in multi-process mode is disk work: off the event loop.
         body, content_type = await asyncio.to_thread(self.metrics.exposition)
         headers = [
