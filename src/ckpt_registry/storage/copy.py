@@ -177,7 +177,8 @@ async def _copy_table(
     on_rows: OnRows | None,
 ) -> None:
     total = summary.rows[table.name]
-    if await connection.fetchval(f"SELECT count(*) FROM {table.name}") == total:
+    already = await connection.fetchval(f"SELECT count(*) FROM {table.name}")
+    if already == total:
         if on_rows is not None:
             on_rows(table.name, total, total)  # copied whole before an interruption
         return
@@ -187,9 +188,13 @@ async def _copy_table(
         f"({', '.join(f'${i}' for i in range(1, len(columns) + 1))}) ON CONFLICT DO NOTHING"
     )
     for batch in _batches(db, table):
-        # Each batch commits alone; a batch copied before an interruption conflicts and is skipped.
+        # Each batch commits alone. Into an empty table, COPY (600,000 rows: 30 s with INSERT);
+        # after an interruption, INSERT skipping the rows a batch copied before.
         async with connection.transaction():
-            await connection.executemany(insert, batch)
+            if already == 0:
+                await connection.copy_records_to_table(table.name, records=batch, columns=columns)
+            else:
+                await connection.executemany(insert, batch)
         if on_rows is not None:
             on_rows(table.name, len(batch), total)
 
