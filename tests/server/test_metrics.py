@@ -126,9 +126,8 @@ def test_metrics_off_serves_no_metrics_and_requests_still_carry_ids(
     assert answered.headers["x-request-id"] == "trace-42"
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_the_postgresql_pool_is_reported(server: RunningServer, api: httpx.Client) -> None:
-    if not server.database_url.startswith("postgresql"):
-        pytest.skip("only PostgreSQL has a connection pool")
     api.get("/preview/models")
     _, samples = scrape(root(server.url) + "/metrics")
     for _ in range(30):  # the gauges are sampled each second
@@ -136,8 +135,10 @@ def test_the_postgresql_pool_is_reported(server: RunningServer, api: httpx.Clien
             break
         time.sleep(0.2)
         _, samples = scrape(root(server.url) + "/metrics")
-    states = {labels["state"] for labels, _ in samples["ckpt_db_pool_connections"]}
-    assert states == {"in_use", "waiting"}
+    states = {labels["state"]: v for labels, v in samples["ckpt_db_pool_connections"]}
+    assert set(states) == {"in_use", "waiting"}
+    assert states["waiting"] == 0  # one client, twenty connections
+    assert 0 <= states["in_use"] <= 1
 
 
 def test_two_workers_add_up_on_the_api_port_and_on_a_metrics_port(tmp_path: Path) -> None:
@@ -170,3 +171,31 @@ def test_two_workers_add_up_on_the_api_port_and_on_a_metrics_port(tmp_path: Path
         assert httpx.get(f"http://127.0.0.1:{servers[0].port}/metrics").status_code == 404
     finally:
         servers[0].stop()
+
+
+@pytest.fixture
+def collecting_server(settings: Settings) -> Iterator[RunningServer]:
+    quick = {"gc_interval_seconds": 0.2, "tombstone_ttl_seconds": 0.01}
+    with serving(settings.model_copy(update=quick)) as running:
+        yield running
+
+
+def test_collector_passes_and_what_they_remove_are_counted(
+    collecting_server: RunningServer, api_key: str
+) -> None:
+    with collecting_server.client(api_key) as api:
+        model = api.post("/preview/models", json={"project": "p", "name": "gc", "base_model": "b"})
+        model_id = model.json()["id"]
+        for step in (1, 2, 3):
+            register(api, model_id, step)
+        api.request("DELETE", f"/preview/models/{model_id}/checkpoints", json={"steps": [1, 2]})
+    url = root(collecting_server.url) + "/metrics"
+    deadline = time.monotonic() + 20
+    while True:
+        _, samples = scrape(url)
+        if value(samples, "ckpt_gc_removed_total", what="tombstones") >= 2:
+            break
+        assert time.monotonic() < deadline, samples["ckpt_gc_removed_total"]
+        time.sleep(0.1)
+    assert value(samples, "ckpt_gc_runs_total", outcome="ok") >= 2
+    assert value(samples, "ckpt_gc_runs_total", outcome="failed") == 0
