@@ -21,6 +21,7 @@ from tests.conftest import RunningServer, add_key, serving
 
 from .helpers import drive_every_route, register
 
+MODEL = {"project": "p", "name": "m", "base_model": "b"}
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 # Every label any of our series may carry; each from a fixed set.
@@ -199,3 +200,15 @@ def test_collector_passes_and_what_they_remove_are_counted(
         time.sleep(0.1)
     assert value(samples, "ckpt_gc_runs_total", outcome="ok") >= 2
     assert value(samples, "ckpt_gc_runs_total", outcome="failed") == 0
+
+
+def test_one_worker_serves_its_metrics_on_their_own_port(settings: Settings, api_key: str) -> None:
+    port = pg.free_port()
+    with serving(settings.model_copy(update={"metrics": str(port)})) as server:
+        with server.client(api_key) as api:
+            register(api, api.post("/preview/models", json=MODEL).json()["id"], 1)
+        _, samples = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert value(samples, "ckpt_checkpoints_registered_total") == 1
+        assert httpx.get(root(server.url) + "/metrics").status_code == 404
+    with pytest.raises(httpx.TransportError):  # closed with the app
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)

@@ -141,6 +141,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         finally:
             if metrics_server is not None:
                 metrics_server.shutdown()
+                metrics_server.server_close()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

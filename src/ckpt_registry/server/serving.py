@@ -37,6 +37,7 @@ def metrics_processes(settings: Settings) -> Iterator[None]:
     finally:
         if server is not None:
             server.shutdown()
+            server.server_close()
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         shutil.rmtree(folder, ignore_errors=True)
 
