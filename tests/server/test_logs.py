@@ -20,8 +20,8 @@ from .helpers import AUTHENTICATED, create_model, drive_every_route, register
 
 
 @pytest.fixture
-def served(database_url: str, tmp_path: Path) -> Iterator[pg.ServerProcess]:
-    # The key exists before the server starts, so it prints no first key of its own.
+def served(database_url: str, tmp_path: Path, key: str) -> Iterator[pg.ServerProcess]:
+    assert key  # made before the server starts, so it prints no first key of its own
     servers = pg.start_servers(
         database_url, 1, tmp_path, {"CKPT_LOG_FORMAT": "json", "CKPT_ACCESS_LOG": "true"}
     )
