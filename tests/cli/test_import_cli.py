@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
@@ -84,19 +85,19 @@ def test_import_registers_each_step_with_the_metrics_logged_at_it(
     result = ckpt(str(output_dir), "--model", model_id)
 
     assert result.exit_code == 1  # two folders were skipped
-    assert "3 registered, 0 already present, 2 skipped" in result.stdout
+    assert "3 registered, 0 already present, 0 merged, 2 skipped" in result.stdout
     assert "checkpoint-30" in result.stderr and "unreadable" in result.stderr
     assert "checkpoint-50" in result.stderr and "missing" in result.stderr
     imported = {c.step: c.metrics for c in sdk.checkpoints.list(model_id)}
     assert sorted(imported) == [10, 20, 40]
-    # Training and evaluation entries of the step merged; `step`, NaN and strings dropped.
+    # Training and evaluation entries of the step merged; `step`, NaN, strings and timing
+    # metrics dropped.
     assert imported[20] == {
         "epoch": 0.5,
         "grad_norm": 1.5,
         "learning_rate": 5e-5,
         "loss": 1.8,
         "eval_loss": 0.9,
-        "eval_runtime": 3.2,
     }
     assert imported[10] == {"epoch": 0.25, "grad_norm": 1.5, "learning_rate": 5e-5, "loss": 1.9}
 
@@ -131,7 +132,7 @@ def test_once_the_folders_are_fixed_the_import_completes_and_exits_0(
     result = ckpt(str(output_dir), "--model", model_id)
 
     assert result.exit_code == 0, result.output
-    assert "2 registered, 3 already present, 0 skipped" in result.stdout
+    assert "2 registered, 3 already present, 0 merged, 0 skipped" in result.stdout
     assert result.stderr == ""
     steps = {c.step: c.metrics for c in sdk.checkpoints.list(model_id)}
     assert sorted(steps) == [10, 20, 30, 40, 50]
@@ -148,8 +149,9 @@ def test_a_step_registered_with_other_metrics_is_reported_and_skipped(
     result = ckpt(str(tmp_path), "--model", model_id)
 
     assert result.exit_code == 1
-    assert "1 registered, 0 already present, 1 skipped" in result.stdout
-    assert "checkpoint-20" in result.stderr and "409" in result.stderr
+    assert "1 registered, 0 already present, 0 merged, 1 skipped" in result.stdout
+    assert "checkpoint-20" in result.stderr
+    assert "step 20 is registered with loss=123.0, not 1.8" in result.stderr
     assert sdk.checkpoints.latest(model_id) is not None
     assert {c.step: c.metrics for c in sdk.checkpoints.list(model_id)}[20] == {"loss": 123.0}
 
@@ -169,3 +171,93 @@ def test_a_directory_without_checkpoints_is_an_error(
 
     assert result.exit_code == 1
     assert "No checkpoint-N folders" in result.stderr
+
+
+def test_timing_metrics_come_in_only_when_asked(
+    ckpt: Ckpt, sdk: Client, model_id: str, tmp_path: Path
+) -> None:
+    write_checkpoint(tmp_path, 20)
+
+    result = ckpt(str(tmp_path), "--model", model_id, "--include-timing")
+
+    assert result.exit_code == 0, result.output
+    assert sdk.checkpoints.at_step(model_id, 20).metrics["eval_runtime"] == 3.2
+
+
+def test_a_rerun_merges_metrics_added_since_and_the_ones_it_lacked(
+    ckpt: Ckpt, sdk: Client, model_id: str, tmp_path: Path
+) -> None:
+    write_checkpoint(tmp_path, 10)
+    write_checkpoint(tmp_path, 20)
+    ckpt(str(tmp_path), "--model", model_id)
+    # A late metric added by hand, and step 10 registered by someone with only some metrics.
+    twenty = sdk.checkpoints.at_step(model_id, 20)
+    sdk.checkpoints.update_metrics(model_id, twenty.id, {"human_eval": 0.5})
+    sdk.checkpoints.delete(model_id, steps=[10])
+    sdk.checkpoints.register(model_id, step=10, metrics={"loss": 1.9})
+
+    result = ckpt(str(tmp_path), "--model", model_id, "--json")
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["registered"], report["already_present"], report["merged"]) == ([], [20], [10])
+    steps = {c.step: c.metrics for c in sdk.checkpoints.list(model_id)}
+    assert steps[10] == {"epoch": 0.25, "grad_norm": 1.5, "learning_rate": 5e-5, "loss": 1.9}
+    assert steps[20]["human_eval"] == 0.5 and steps[20]["eval_loss"] == 0.9
+
+
+def checkpoint_files(
+    server_url: str, api_key: str, model_id: str, checkpoint_id: str
+) -> dict[str, bytes]:
+    base = f"{server_url}/preview/models/{model_id}/checkpoints/{checkpoint_id}/files"
+    with httpx.Client(headers={"Authorization": f"Bearer {api_key}"}) as http:
+        listing = http.get(base).json()["data"]
+        return {item["path"]: http.get(f"{base}/{item['path']}").content for item in listing}
+
+
+def test_with_files_uploads_every_folder_and_a_rerun_adds_nothing(
+    ckpt: Ckpt, sdk: Client, model_id: str, tmp_path: Path, server_url: str, api_key: str
+) -> None:
+    for step in (10, 20):
+        folder = write_checkpoint(tmp_path, step)
+        (folder / "tokenizer").mkdir()
+        (folder / "tokenizer" / "tokenizer.json").write_text('{"vocab": {}}')
+        (folder / "optimizer.pt").write_bytes(bytes(range(256)) * (step * 100))
+
+    result = ckpt(str(tmp_path), "--model", model_id, "--with-files")
+
+    assert result.exit_code == 0, result.output
+    assert "2 registered, 0 already present, 0 merged, 0 skipped" in result.stdout
+    assert "8 files uploaded" in result.stdout
+    for step in (10, 20):
+        checkpoint = sdk.checkpoints.at_step(model_id, step)
+        folder = tmp_path / f"checkpoint-{step}"
+        assert checkpoint_files(server_url, api_key, model_id, checkpoint.id) == {
+            "model.safetensors": b"weights",
+            "optimizer.pt": (folder / "optimizer.pt").read_bytes(),
+            "tokenizer/tokenizer.json": b'{"vocab": {}}',
+            "trainer_state.json": (folder / "trainer_state.json").read_bytes(),
+        }
+
+    again = ckpt(str(tmp_path), "--model", model_id, "--with-files", "--json")
+
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["already_present"] == [10, 20]
+    assert [c.step for c in sdk.checkpoints.list(model_id)] == [10, 20]
+    assert sdk.checkpoints.at_step(model_id, 20).files == 4
+
+
+def test_with_files_reports_a_folder_whose_files_differ_from_the_registered_ones(
+    ckpt: Ckpt, sdk: Client, model_id: str, tmp_path: Path
+) -> None:
+    write_checkpoint(tmp_path, 10)
+    ckpt(str(tmp_path), "--model", model_id, "--with-files")
+    (tmp_path / "checkpoint-10" / "model.safetensors").write_bytes(b"other weights")
+
+    result = ckpt(str(tmp_path), "--model", model_id, "--with-files")
+
+    assert result.exit_code == 1
+    assert "Skipped checkpoint-10: files:" in result.stderr
+    assert sdk.checkpoints.at_step(model_id, 10).size_bytes == len(b"weights") + len(
+        (tmp_path / "checkpoint-10" / "trainer_state.json").read_bytes()
+    )

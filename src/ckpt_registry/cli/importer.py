@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,66 +11,29 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ..client import Client, ConflictError, UnprocessableEntityError
+from ..integrations._upload import upload_folder
+from ..integrations.hf_trainer import (
+    CorruptCheckpoint,
+    MetricConflict,
+    TrainerCheckpoint,
+    metrics_at_step,
+    read_trainer_checkpoints,
+    register_or_merge,
+)
 from .output import APIGroup, Format, console, echo_json, format_options, with_client
 
-__all__ = ["import_group", "read_trainer_checkpoints"]
-
-CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)")
-
-
-class CorruptCheckpoint(Exception):
-    """A checkpoint folder whose trainer_state.json cannot be read as the Trainer writes it."""
-
-
-@dataclass(frozen=True, slots=True)
-class TrainerCheckpoint:
-    step: int
-    folder: Path
+__all__ = ["import_group"]
 
 
 @dataclass
 class ImportReport:
     registered: list[int] = field(default_factory=list)
     already_present: list[int] = field(default_factory=list)
+    merged: list[int] = field(default_factory=list)  # registered before; metrics it lacked added
     skipped: list[dict[str, Any]] = field(default_factory=list)
-
-
-def read_trainer_checkpoints(output_dir: Path) -> list[TrainerCheckpoint]:
-    """The ``checkpoint-N`` folders of a Trainer output directory, by step."""
-    found = []
-    for path in output_dir.iterdir():
-        match = CHECKPOINT_DIR.fullmatch(path.name)
-        if match and path.is_dir():
-            found.append(TrainerCheckpoint(int(match.group(1)), path))
-    return sorted(found, key=lambda checkpoint: checkpoint.step)
-
-
-def metrics_at_step(folder: Path, step: int) -> dict[str, float]:
-    """The metrics the Trainer logged at ``step``, from ``folder/trainer_state.json``.
-
-    Every ``log_history`` entry for the step is merged (training and evaluation logs are
-    separate entries); only finite numbers are kept, and the ``step`` key itself is dropped.
-    """
-    state_file = folder / "trainer_state.json"
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CorruptCheckpoint("trainer_state.json is missing") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CorruptCheckpoint(f"trainer_state.json is unreadable: {exc}") from None
-    history = state.get("log_history") if isinstance(state, dict) else None
-    if not isinstance(history, list):
-        raise CorruptCheckpoint("trainer_state.json has no log_history list")
-    metrics: dict[str, float] = {}
-    for entry in history:
-        if not isinstance(entry, dict) or entry.get("step") != step:
-            continue
-        for name, value in entry.items():
-            if name == "step" or isinstance(value, bool) or not isinstance(value, int | float):
-                continue
-            if math.isfinite(value):
-                metrics[name] = float(value)
-    return metrics
+    # With --with-files: step -> number of files sent (files already there are sent again and
+    # accepted as the same content).
+    uploaded: dict[int, int] = field(default_factory=dict)
 
 
 @click.group(
@@ -88,24 +48,46 @@ def import_group() -> None:
 @import_group.command(
     "hf-trainer",
     epilog="""\b
-Example:
+Examples:
   ckpt import hf-trainer ./outputs/run-3 --model 0b9e6c1e-...
+  ckpt import hf-trainer ./outputs/run-3 --model 0b9e6c1e-... --with-files
 
 \b
-Exit status: 0 when every checkpoint folder is registered or already
-present; 1 when any folder was skipped (missing or corrupt
-trainer_state.json, or the step is registered with other metrics), so
-scripts notice; the skipped folders are listed on stderr.""",
+Exit status: 0 when every checkpoint folder is registered, merged or
+already present (and, with --with-files, its files uploaded); 1 when any
+folder was skipped (missing or corrupt trainer_state.json, a metric
+registered with another value, files the server refused), so scripts
+notice; the skipped folders are listed on stderr.""",
 )
 @click.argument("output_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--model", "model_id", required=True, help="The model to register them under.")
+@click.option(
+    "--with-files",
+    is_flag=True,
+    help="Also upload each checkpoint folder's files (weights, optimizer, tokenizer...).",
+)
+@click.option(
+    "--include-timing",
+    is_flag=True,
+    help="Also import timing metrics (*_runtime, *_per_second), left out by default: they "
+    "differ on every run.",
+)
 @format_options()
 @with_client
-def import_hf_trainer(client: Client, output_dir: Path, model_id: str, fmt: Format) -> None:
+def import_hf_trainer(
+    client: Client,
+    output_dir: Path,
+    model_id: str,
+    with_files: bool,
+    include_timing: bool,
+    fmt: Format,
+) -> None:
     """Register every checkpoint-N folder of a Hugging Face Trainer OUTPUT_DIR as step N, with
     the metrics logged at step N in that folder's trainer_state.json.
 
-    Safe to re-run: a step already registered with the same metrics counts as already present.
+    Safe to re-run: a step already registered gets the metrics it lacks (equal values are fine;
+    another value for a metric it has is reported, naming both), and files already uploaded
+    are accepted as they are.
     """
     found = read_trainer_checkpoints(output_dir)
     if not found:
@@ -123,15 +105,19 @@ def import_hf_trainer(client: Client, output_dir: Path, model_id: str, fmt: Form
     ) as progress:
         task = progress.add_task("Importing", total=len(found))
         for checkpoint in found:
-            _import_one(client, model_id, checkpoint, report, err)
+            _import_one(client, model_id, checkpoint, report, err, with_files, include_timing)
             progress.advance(task)
     if fmt != "table":
         echo_json(report)
     else:
-        console().print(
+        line = (
             f"{len(report.registered)} registered, {len(report.already_present)} already "
-            f"present, {len(report.skipped)} skipped ({len(found)} checkpoint folders)."
+            f"present, {len(report.merged)} merged, {len(report.skipped)} skipped "
+            f"({len(found)} checkpoint folders)."
         )
+        if with_files:
+            line += f" {sum(report.uploaded.values())} files uploaded."
+        console().print(line)
     if report.skipped:
         click.get_current_context().exit(1)
 
@@ -142,22 +128,34 @@ def _import_one(
     checkpoint: TrainerCheckpoint,
     report: ImportReport,
     err: Console,
+    with_files: bool,
+    include_timing: bool,
 ) -> None:
     # Metrics are read completely before anything is sent, so a bad folder is never half-imported.
     # Errors that concern only this folder skip it; any other (unknown model, bad key, server
     # down) stops the import, since every other folder would fail the same way.
     name = checkpoint.folder.name
     try:
-        metrics = metrics_at_step(checkpoint.folder, checkpoint.step)
-        registered = client.checkpoints.register(model_id, step=checkpoint.step, metrics=metrics)
-    except CorruptCheckpoint as exc:
+        metrics = metrics_at_step(checkpoint.folder, checkpoint.step, include_timing=include_timing)
+        result = register_or_merge(client, model_id, checkpoint.step, metrics)
+    except (CorruptCheckpoint, MetricConflict) as exc:
         reason = str(exc)
-    except (ConflictError, UnprocessableEntityError) as exc:
+    except UnprocessableEntityError as exc:
         reason = exc.message
     else:
-        (report.registered if registered.created else report.already_present).append(
-            checkpoint.step
-        )
-        return
+        {
+            "registered": report.registered,
+            "present": report.already_present,
+            "merged": report.merged,
+        }[result.outcome].append(checkpoint.step)
+        if not with_files:
+            return
+        try:
+            report.uploaded[checkpoint.step] = upload_folder(
+                client, model_id, result.checkpoint.id, checkpoint.folder
+            )
+            return
+        except (ConflictError, UnprocessableEntityError) as exc:
+            reason = f"files: {exc.message}"
     report.skipped.append({"step": checkpoint.step, "folder": name, "reason": reason})
     err.print(f"Skipped {name}: {reason}")
