@@ -115,15 +115,38 @@ def test_list_one_page_as_a_table_with_a_hint(ckpt: Ckpt, model_id: str) -> None
     assert "--all" in result.stderr
 
 
-def test_list_json_and_ndjson(ckpt: Ckpt, model_id: str, ten_steps: list[int]) -> None:
-    page = json_out(ckpt("list", model_id, "--limit", "4", "--json"))
+def test_list_json_and_ndjson_are_complete_whatever_the_page_size(
+    ckpt: Ckpt, model_id: str, ten_steps: list[int]
+) -> None:
+    as_json = ckpt("list", model_id, "--limit", "4", "--json")
     desc = ckpt("list", model_id, "--order", "desc", "--limit", "4", "--ndjson")
-    after = json_out(ckpt("list", model_id, "--limit", "4", "--after", page[-1]["id"], "--json"))
+    after = json_out(
+        ckpt("list", model_id, "--limit", "4", "--after", json_out(as_json)[2]["id"], "--json")
+    )
 
-    assert [c["step"] for c in page] == ten_steps[:4]
-    assert set(page[0]) == {"id", "step", "metrics"}
-    assert [json.loads(line)["step"] for line in desc.stdout.splitlines()] == ten_steps[::-1][:4]
-    assert [c["step"] for c in after] == ten_steps[4:8]
+    # Every checkpoint, not the first page of four, and nothing on stderr to miss.
+    assert [c["step"] for c in json_out(as_json)] == ten_steps
+    assert as_json.stderr == "" and desc.stderr == ""
+    assert set(json_out(as_json)[0]) == {"id", "step", "metrics"}
+    assert [json.loads(line)["step"] for line in desc.stdout.splitlines()] == ten_steps[::-1]
+    assert [c["step"] for c in after] == ten_steps[3:]
+
+
+def test_list_one_page_as_json_is_the_envelope_that_says_what_follows(
+    ckpt: Ckpt, model_id: str, ten_steps: list[int]
+) -> None:
+    first = json_out(ckpt("list", model_id, "--order", "desc", "--limit", "4", "--page", "--json"))
+    last = json_out(
+        ckpt("list", model_id, "--after", first["last_id"], "--limit", "100",
+             "--order", "desc", "--page", "--json")
+    )  # fmt: skip
+
+    assert [c["step"] for c in first["data"]] == ten_steps[::-1][:4]
+    assert first["has_more"] is True and first["last_id"] == first["data"][-1]["id"]
+    assert [c["step"] for c in last["data"]] == ten_steps[::-1][4:]
+    assert last["has_more"] is False
+    refused = ckpt("list", model_id, "--page", "--ndjson")
+    assert refused.exit_code == 2 and "--page" in refused.stderr
 
 
 @pytest.mark.parametrize("order", ["asc", "desc"])

@@ -91,7 +91,13 @@ def parse_keep_best(raw: str | None) -> KeepBest | None:
     epilog="""\b
 Examples:
   ckpt checkpoints list 0b9e6c1e-... --order desc --limit 5
-  ckpt checkpoints list 0b9e6c1e-... --all --ndjson > checkpoints.ndjson""",
+  ckpt checkpoints list 0b9e6c1e-... --ndjson > checkpoints.ndjson
+  ckpt checkpoints list 0b9e6c1e-... --order desc --limit 5 --page --json
+
+\b
+--json and --ndjson are always complete: they walk every page (from
+--after on); --limit is then the page size. --page --json prints one page
+as the API's envelope, whose has_more and last_id say what follows.""",
 )
 @click.argument("model_id")
 @click.option("--order", type=ORDER, default=LIST_ORDER_DEFAULT, show_default=True, help="By step.")
@@ -103,7 +109,13 @@ Examples:
     help="Per page.",
 )
 @click.option("--after", help="Start after this checkpoint id (from a previous page).")
-@click.option("--all", "every_page", is_flag=True, help="Stream every page, not just one.")
+@click.option("--all", "every_page", is_flag=True, help="Table: stream every page, not just one.")
+@click.option(
+    "--page",
+    "one_page",
+    is_flag=True,
+    help="With --json: only one page, as the API's envelope (has_more, last_id).",
+)
 @format_options(ndjson=True)
 @with_client
 def list_checkpoints(
@@ -113,11 +125,27 @@ def list_checkpoints(
     limit: int,
     after: str | None,
     every_page: bool,
+    one_page: bool,
     fmt: Format,
 ) -> None:
-    """List a model's checkpoints by step: one page, or with --all every page as it arrives."""
+    """List a model's checkpoints by step. The table shows one page (with --all every page as
+    it arrives); --json and --ndjson always print every checkpoint."""
+    if one_page and fmt != "json":
+        raise click.UsageError("--page prints the API's page envelope: use it with --json.")
     page = client.checkpoints.list(model_id, order=order, limit=limit, after=after)
-    stream_checkpoints(page, fmt, every_page=every_page)
+    if one_page:
+        echo_json(
+            {
+                "object": "list",
+                "data": page.data,
+                "first_id": page.first_id,
+                "last_id": page.last_id,
+                "has_more": page.has_more,
+            }
+        )
+        return
+    # Machine output is complete, so a script never mistakes a first page for the whole list.
+    stream_checkpoints(page, fmt, every_page=every_page or fmt != "table")
 
 
 @checkpoints.command("get", epilog="Example: ckpt checkpoints get 0b9e6c1e-... 5d1f0a2b-... --json")
