@@ -176,7 +176,7 @@ def test_list_of_an_empty_model(ckpt: Ckpt, model_id: str) -> None:
 def test_get_latest_and_best(ckpt: Ckpt, model_id: str) -> None:
     latest = json_out(ckpt("latest", model_id, "--json"))
     fetched = json_out(ckpt("get", model_id, latest["id"], "--json"))
-    best = json_out(ckpt("best", model_id, "--metric", "val/reward", "--json"))
+    best = json_out(ckpt("best", model_id, "--metric", "val/reward", "--mode", "max", "--json"))
     lowest_loss = ckpt("best", model_id, "--metric", "loss", "--mode", "min")
     table = ckpt("get", model_id, latest["id"])
 
@@ -198,10 +198,20 @@ def test_latest_of_an_empty_model(ckpt: Ckpt, model_id: str) -> None:
 
 @pytest.mark.usefixtures("ten_steps")
 def test_best_of_a_metric_nobody_has_is_404(ckpt: Ckpt, model_id: str) -> None:
-    result = ckpt("best", model_id, "--metric", "accuracy")
+    result = ckpt("best", model_id, "--metric", "accuracy", "--mode", "max")
 
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: 404 ")
+
+
+@pytest.mark.usefixtures("ten_steps")
+def test_best_without_a_mode_is_refused_rather_than_guessed(ckpt: Ckpt, model_id: str) -> None:
+    # A default of max would print the worst checkpoint by a loss as "the best".
+    result = ckpt("best", model_id, "--metric", "loss", "--json")
+
+    assert result.exit_code == 2
+    assert "Missing option '--mode'" in result.stderr
+    assert result.stdout == ""
 
 
 def test_update_merges_metrics(ckpt: Ckpt, model_id: str, sdk: Client) -> None:

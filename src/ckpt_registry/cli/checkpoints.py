@@ -268,12 +268,20 @@ def latest_checkpoint(client: Client, model_id: str, fmt: Format) -> None:
 )
 @click.argument("model_id")
 @click.option("--metric", required=True, help="The metric to rank by.")
-@click.option("--mode", type=click.Choice(["max", "min"]), default="max", show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(["max", "min"]),
+    required=True,
+    help="max: the highest value is best (a reward, an accuracy); min: the lowest (a loss).",
+)
 @format_options()
 @with_client
 def best_checkpoint(client: Client, model_id: str, metric: str, mode: Any, fmt: Format) -> None:
-    """Show the checkpoint with the highest (or lowest) METRIC; ties go to the later step.
-    Fails with 404 when no checkpoint has the metric."""
+    """Show the checkpoint with the highest (--mode max) or lowest (--mode min) METRIC; ties go
+    to the later step. Fails with 404 when no checkpoint has the metric.
+
+    --mode is required: no default can be right for both a loss and a reward, and a wrong one
+    would print the worst checkpoint as the best."""
     checkpoint = client.checkpoints.best(model_id, metric=metric, mode=mode)
     if fmt == "table":
         print_checkpoint(checkpoint)

@@ -200,9 +200,10 @@ class Checkpoints:
         return self._client._send(_latest(model_id))
 
     def best(self, model_id: str, *, metric: str, mode: SortMode = "max") -> CheckpointDetail:
-        """The checkpoint with the highest (``mode="max"``, the default, as the API's) or lowest
-        (``mode="min"``: pass it for a loss) ``metric``; ties go to the later step. Raises
-        :class:`NotFoundError` when no checkpoint has the metric."""
+        """The checkpoint with the highest ``metric`` (``mode="max"``, the default, as the
+        API's) or the lowest (``mode="min"``). The default suits a reward or an accuracy; for a
+        loss pass ``mode="min"``, or this returns the checkpoint with the *highest* loss. Ties go
+        to the later step. Raises :class:`NotFoundError` when no checkpoint has the metric."""
         return self._client._send(_best(model_id, metric=metric, mode=mode))
 
     def retention(
@@ -257,6 +258,7 @@ class AsyncCheckpoints:
         return await self._client._send(_latest(model_id))
 
     async def best(self, model_id: str, *, metric: str, mode: SortMode = "max") -> CheckpointDetail:
+        """As :meth:`Checkpoints.best`: ``mode`` defaults to ``"max"``; pass ``"min"`` for a loss."""
         return await self._client._send(_best(model_id, metric=metric, mode=mode))
 
     async def retention(
