@@ -34,10 +34,12 @@ ORDER = click.Choice(LIST_ORDERS)
 
 
 @click.group(
-    cls=APIGroup, epilog="Example: ckpt checkpoints list 0b9e6c1e-... --order desc --limit 5"
+    cls=APIGroup, epilog="Example: ckpt checkpoints list rl/agent-7 --order desc --limit 5"
 )
 def checkpoints() -> None:
-    """List, register, inspect, delete and prune a model's checkpoints."""
+    """List, register, inspect, delete and prune a model's checkpoints.
+
+    MODEL is a model id or PROJECT/NAME (e.g. rl/agent-7)."""
 
 
 def parse_metrics(pairs: tuple[str, ...], metrics_json: str | None) -> dict[str, float]:
@@ -99,7 +101,7 @@ Examples:
 --after on); --limit is then the page size. --page --json prints one page
 as the API's envelope, whose has_more and last_id say what follows.""",
 )
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @click.option("--order", type=ORDER, default=LIST_ORDER_DEFAULT, show_default=True, help="By step.")
 @click.option(
     "--limit",
@@ -149,7 +151,7 @@ def list_checkpoints(
 
 
 @checkpoints.command("get", epilog="Example: ckpt checkpoints get 0b9e6c1e-... 5d1f0a2b-... --json")
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @click.argument("checkpoint_id")
 @format_options()
 @with_client
@@ -169,7 +171,7 @@ Examples:
   ckpt checkpoints register 0b9e6c1e-... --step 500 --metric loss=0.42 --metric val/acc=0.9
   ckpt checkpoints register 0b9e6c1e-... --step 500 --metrics-json '{"loss": 0.42}'""",
 )
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @click.option("--step", type=click.IntRange(min=0), required=True)
 @click.option("--metric", "metric_pairs", multiple=True, metavar="NAME=VALUE", help="Repeatable.")
 @click.option("--metrics-json", metavar="JSON", help="All metrics as one JSON object.")
@@ -202,7 +204,7 @@ def register_checkpoint(
     "update",
     epilog="Example: ckpt checkpoints update 0b9e6c1e-... 5d1f0a2b-... --metric eval/acc=0.93",
 )
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @click.argument("checkpoint_id")
 @click.option("--metric", "metric_pairs", multiple=True, metavar="NAME=VALUE", help="Repeatable.")
 @click.option("--metrics-json", metavar="JSON", help="The metrics as one JSON object.")
@@ -231,7 +233,7 @@ def update_checkpoint(
 @checkpoints.command(
     "delete", epilog="Example: ckpt checkpoints delete 0b9e6c1e-... --step 100 --step 200"
 )
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @click.option(
     "--step", "steps", type=click.IntRange(min=0), multiple=True, required=True, help="Repeatable."
 )
@@ -249,7 +251,7 @@ def delete_checkpoints(client: Client, model_id: str, steps: tuple[int, ...], fm
 
 
 @checkpoints.command("latest", epilog="Example: ckpt checkpoints latest 0b9e6c1e-... --json")
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @format_options()
 @with_client
 def latest_checkpoint(client: Client, model_id: str, fmt: Format) -> None:
@@ -266,7 +268,7 @@ def latest_checkpoint(client: Client, model_id: str, fmt: Format) -> None:
 @checkpoints.command(
     "best", epilog="Example: ckpt checkpoints best 0b9e6c1e-... --metric val/loss --mode min"
 )
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @click.option("--metric", required=True, help="The metric to rank by.")
 @click.option(
     "--mode",
@@ -296,7 +298,7 @@ Example (see what would go, then do it):
   ckpt checkpoints retention 0b9e6c1e-... --keep-latest 2 --keep-best val/reward:max:3 --dry-run
   ckpt checkpoints retention 0b9e6c1e-... --keep-latest 2 --keep-best val/reward:max:3""",
 )
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @click.option("--keep-latest", type=click.IntRange(min=0), required=True, metavar="N")
 @click.option(
     "--keep-best",
