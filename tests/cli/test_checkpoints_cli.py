@@ -289,3 +289,23 @@ def test_tables_print_names_literally(ckpt: Ckpt, model_id: str, sdk: Client) ->
         assert result.exit_code == 0, result.output
         assert "[bold]loss[/]" in result.stdout
         assert ":thumbs_up:" in result.stdout
+
+
+@pytest.mark.usefixtures("ten_steps")
+def test_a_model_is_named_by_id_or_by_project_and_name(
+    ckpt: Ckpt, model_id: str, ten_steps: list[int]
+) -> None:
+    by_name = json_out(ckpt("list", "rl/agent", "--json"))
+    latest = json_out(ckpt("latest", "rl/agent", "--json"))
+    shown = CliRunner().invoke(cli, ["models", "get", "rl/agent", "--json"])
+    unknown = ckpt("list", "rl/nobody")
+
+    assert [c["step"] for c in by_name] == ten_steps
+    assert latest["step"] == ten_steps[-1]
+    assert json_out(shown)["id"] == model_id
+    assert unknown.exit_code == 1
+    assert unknown.stderr == (
+        "Error: No model rl/nobody (PROJECT/NAME) for this key: `ckpt models list`\n"
+    )
+    dots = ckpt("list", "..")
+    assert dots.exit_code == 1 and "'..' is not a model id" in dots.stderr

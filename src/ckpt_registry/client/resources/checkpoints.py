@@ -30,8 +30,17 @@ __all__ = ["AsyncCheckpoints", "Checkpoints", "KeepBest"]
 KeepBest = tuple[str, SortMode, int]
 
 
+# Routes beside `.../checkpoints/{checkpoint_id}`: a checkpoint id can never be one of them.
+_SIBLING_ROUTES = frozenset({"best", "deleted-steps", "retention", "steps"})
+
+
 def _checkpoints_path(model_id: str) -> str:
-    return f"preview/models/{path_segment(model_id)}/checkpoints"
+    return f"preview/models/{path_segment(model_id, what='model id')}/checkpoints"
+
+
+def _checkpoint_path(model_id: str, checkpoint_id: str) -> str:
+    segment = path_segment(checkpoint_id, what="checkpoint id", reserved=_SIBLING_ROUTES)
+    return f"{_checkpoints_path(model_id)}/{segment}"
 
 
 def _list(
@@ -90,7 +99,7 @@ def _register(
 def _get(model_id: str, checkpoint_id: str) -> APIRequest[CheckpointDetail]:
     return APIRequest(
         "GET",
-        f"{_checkpoints_path(model_id)}/{path_segment(checkpoint_id)}",
+        _checkpoint_path(model_id, checkpoint_id),
         lambda r: CheckpointDetail.from_json(r.json()),
         idempotent=True,
     )
@@ -111,7 +120,7 @@ def _update_metrics(
     # Not retried: a merge that raced with another update must not be replayed over it.
     return APIRequest(
         "PATCH",
-        f"{_checkpoints_path(model_id)}/{path_segment(checkpoint_id)}",
+        _checkpoint_path(model_id, checkpoint_id),
         lambda r: CheckpointDetail.from_json(r.json()),
         idempotent=False,
         json={"metrics": dict(metrics)},

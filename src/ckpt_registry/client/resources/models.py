@@ -51,7 +51,7 @@ def _list(
 def _get(model_id: str) -> APIRequest[Model]:
     return APIRequest(
         "GET",
-        f"preview/models/{path_segment(model_id)}",
+        f"preview/models/{path_segment(model_id, what='model id')}",
         lambda r: Model.from_json(r.json()),
         idempotent=True,
     )
@@ -60,7 +60,7 @@ def _get(model_id: str) -> APIRequest[Model]:
 def _delete(model_id: str) -> APIRequest[ModelDeleted]:
     return APIRequest(
         "DELETE",
-        f"preview/models/{path_segment(model_id)}",
+        f"preview/models/{path_segment(model_id, what='model id')}",
         lambda r: ModelDeleted.from_json(r.json()),
         idempotent=True,
     )
