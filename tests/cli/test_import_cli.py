@@ -296,12 +296,14 @@ def test_create_without_a_known_base_model_asks_for_one(
     refused = ckpt(str(tmp_path), "--model", "hf/tiny", "--create")
     given = ckpt(str(tmp_path), "--model", "hf/tiny", "--create", "--base-model", "scratch")
     by_id = ckpt(str(tmp_path), "--model", "0b9e6c1e-0000-4000-8000-000000000000", "--create")
+    alone = ckpt(str(tmp_path), "--model", "hf/tiny", "--base-model", "other")
 
     assert refused.exit_code == 2 and "--create needs --base-model" in refused.stderr
     assert given.exit_code == 0, given.output
     model = sdk.models.find(project="hf", name="tiny")
     assert model is not None and model.base_model == "scratch"
     assert by_id.exit_code == 2 and "PROJECT/NAME" in by_id.stderr
+    assert alone.exit_code == 2 and "--base-model goes with --create" in alone.stderr
 
 
 def test_a_step_deleted_on_the_server_is_not_brought_back_unless_asked(

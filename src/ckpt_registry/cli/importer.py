@@ -97,6 +97,8 @@ def import_hf_trainer(
     another value for a metric it has is reported, naming both), files already uploaded are
     accepted as they are, and a step deleted since (by a person or retention) stays deleted.
     """
+    if base_model is not None and not create:
+        raise click.UsageError("--base-model goes with --create (an existing model keeps its own).")
     found = read_trainer_checkpoints(output_dir)
     if not found:
         raise click.ClickException(f"No checkpoint-N folders in {output_dir}")
