@@ -309,3 +309,20 @@ def test_a_model_is_named_by_id_or_by_project_and_name(
     )
     dots = ckpt("list", "..")
     assert dots.exit_code == 1 and "'..' is not a model id" in dots.stderr
+
+
+def test_a_name_with_slashes_is_found_and_an_ambiguous_one_asks_for_the_id(
+    ckpt: Ckpt, sdk: Client
+) -> None:
+    nested = sdk.models.create(project="hf/team", name="run", base_model="b")
+    sdk.checkpoints.register(nested.id, step=7)
+    sdk.models.create(project="x", name="y/z", base_model="b")
+    sdk.models.create(project="x/y", name="z", base_model="b")
+
+    found = json_out(ckpt("list", "hf/team/run", "--json"))
+    ambiguous = ckpt("list", "x/y/z")
+
+    assert [c["step"] for c in found] == [7]
+    assert ambiguous.exit_code == 1
+    assert ambiguous.stderr.startswith("Error: x/y/z names more than one model (project 'x' name")
+    assert ambiguous.stderr.rstrip().endswith("use its id")

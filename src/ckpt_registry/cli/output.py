@@ -33,6 +33,7 @@ __all__ = [
     "Format",
     "console",
     "echo_json",
+    "find_model",
     "format_options",
     "print_checkpoint",
     "print_model",
