@@ -196,5 +196,7 @@ def _print_report(report: ImportReport, folders: int, with_files: bool) -> None:
         err.print(f"Registered without files: steps {_steps(report.without_files)}.")
 
 
-def _steps(steps: list[int]) -> str:
-    return ", ".join(map(str, steps))
+def _steps(steps: list[int], shown: int = 20) -> str:
+    # A long-running model can have thousands: a line, not a screenful (--json has them all).
+    listed = ", ".join(map(str, steps[:shown]))
+    return listed if len(steps) <= shown else f"{listed}, ... ({len(steps)} in all)"
