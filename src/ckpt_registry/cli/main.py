@@ -25,6 +25,7 @@ from ..storage.errors import StorageError
 from ..storage.migrate import downgrade, upgrade
 from ..storage.urls import UnsupportedDatabaseUrl
 from .checkpoints import checkpoints
+from .files import download, files, upload
 from .importer import import_group
 from .models import models
 
@@ -414,4 +415,6 @@ def keys_revoke(database_url: str, key_id: str) -> None:
 
 cli.add_command(models)
 cli.add_command(checkpoints)
+for _command in (upload, download, files):
+    checkpoints.add_command(_command)
 cli.add_command(import_group)
