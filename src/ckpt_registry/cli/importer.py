@@ -10,8 +10,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from ..client import Client, ConflictError, UnprocessableEntityError
-from ..integrations._upload import upload_folder
+from ..client import Client, ConflictError, FileConflictError, UnprocessableEntityError
 from ..integrations.hf_trainer import (
     CorruptCheckpoint,
     MetricConflict,
@@ -31,9 +30,10 @@ class ImportReport:
     already_present: list[int] = field(default_factory=list)
     merged: list[int] = field(default_factory=list)  # registered before; metrics it lacked added
     skipped: list[dict[str, Any]] = field(default_factory=list)
-    # With --with-files: step -> number of files sent (files already there are sent again and
-    # accepted as the same content).
+    # With --with-files: step -> files its checkpoint holds from the folder, and of those the
+    # ones that sent no byte (the checkpoint had them, or the entity held the same content).
     uploaded: dict[int, int] = field(default_factory=dict)
+    already_uploaded: dict[int, int] = field(default_factory=dict)
 
 
 @click.group(
@@ -116,7 +116,11 @@ def import_hf_trainer(
             f"({len(found)} checkpoint folders)."
         )
         if with_files:
-            line += f" {sum(report.uploaded.values())} files uploaded."
+            held = sum(report.already_uploaded.values())
+            line += (
+                f" {sum(report.uploaded.values())} files uploaded"
+                f" ({held} of them already in the registry, no bytes sent)."
+            )
         console().print(line)
     if report.skipped:
         click.get_current_context().exit(1)
@@ -151,11 +155,14 @@ def _import_one(
         if not with_files:
             return
         try:
-            report.uploaded[checkpoint.step] = upload_folder(
-                client, model_id, result.checkpoint.id, checkpoint.folder
+            sent = client.checkpoints.upload(
+                model_id, checkpoint.folder, checkpoint_id=result.checkpoint.id
             )
-            return
-        except (ConflictError, UnprocessableEntityError) as exc:
+        except (ConflictError, FileConflictError, UnprocessableEntityError) as exc:
             reason = f"files: {exc.message}"
+        else:
+            report.uploaded[checkpoint.step] = sent.files_sent + sent.files_skipped
+            report.already_uploaded[checkpoint.step] = sent.files_skipped
+            return
     report.skipped.append({"step": checkpoint.step, "folder": name, "reason": reason})
     err.print(f"Skipped {name}: {reason}")
