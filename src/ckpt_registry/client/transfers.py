@@ -71,11 +71,16 @@ T = TypeVar("T")
 #: Files moved at once unless the caller says otherwise: enough to hide a request's round trip
 #: and the server's per-file work, few enough not to thrash a disk.
 DEFAULT_PARALLEL = 4
-#: Files larger than this go through a resumable upload (three requests, and the server hashes the
-#: staged bytes again at ``complete``); smaller ones in one ``PUT``, sent again whole after a drop.
-RESUMABLE_ABOVE = 64 * 1024 * 1024
+#: Files larger than this go through a resumable upload, which continues after a drop from the
+#: bytes the server kept; smaller ones in one ``PUT``, sent again whole after a drop. Not lower: a
+#: resumable upload costs three requests, and the server (local store) hashes the staged bytes again
+#: at ``complete``, which on a busy 2-core machine took the SDK from ~0.9 to ~0.45 of curl's rate
+#: for 128 MiB files (benchmarks/sdk_transfer.py).
+RESUMABLE_ABOVE = 256 * 1024 * 1024
 PIECE_BYTES = 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
+#: Batches of received bytes (PIECE_BYTES each) waiting for the writer: memory per download.
+WRITE_QUEUE = 4
 #: How often one file's transfer continues after a dropped connection before giving up.
 MAX_RESUMES = 5
 
@@ -524,9 +529,60 @@ async def download_files(
     return result
 
 
-def _write_all(path: Path, pieces: list[bytes], append: bool) -> None:
+async def _receive_into(
+    response: httpx.Response,
+    partial: Path,
+    digest: hashlib._Hash,
+    have: int,
+    path: str,
+    tracker: _Tracker,
+) -> tuple[int, httpx.TransportError | None]:
+    """Append the body to ``partial`` (which holds ``have`` bytes, hashed into ``digest``); returns
+    the bytes it holds after, and the error that cut the body short, if one did. Receiving and writing overlap: a writer task hashes and writes batches
+    on a thread while the next ones arrive. Awaiting each write instead left the connection idle
+    during every thread hop, which on a loaded 2-core machine cost ~3 of 4 s for 256 MiB. What
+    arrived before a drop is written before the drop is raised, so the next attempt continues."""
+    send, receive = anyio.create_memory_object_stream[list[bytes]](WRITE_QUEUE)
+    written = have
+
+    async def writer() -> None:
+        nonlocal written
+        async with receive:
+            async for batch in receive:
+                await anyio.to_thread.run_sync(_write_all, partial, batch, True, digest)
+                written += sum(map(len, batch))
+                tracker.position(path, written)
+
+    failure: httpx.TransportError | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(writer)
+        async with send:
+            pending: list[bytes] = []
+            pending_bytes = 0
+            try:
+                async for piece in response.aiter_bytes():
+                    pending.append(piece)
+                    pending_bytes += len(piece)
+                    if pending_bytes >= PIECE_BYTES:
+                        await send.send(pending)
+                        pending, pending_bytes = [], 0
+            except httpx.TransportError as exc:
+                failure = exc
+            if pending:
+                await send.send(pending)
+    return written, failure
+
+
+def _write_all(
+    path: Path, pieces: list[bytes], append: bool, digest: hashlib._Hash | None = None
+) -> None:
+    """Append (or write) ``pieces``, hashing them into ``digest`` on the way: on a thread, so the
+    event loop keeps receiving the other files meanwhile (hashlib lets go of the GIL)."""
     with open(path, "ab" if append else "wb") as out:
-        out.writelines(pieces)
+        for piece in pieces:
+            if digest is not None:
+                digest.update(piece)
+            out.write(piece)
 
 
 async def _fetch_file(
@@ -567,26 +623,12 @@ async def _fetch_file(
             try:
                 if have and response.status_code != 206:
                     have, digest = 0, hashlib.sha256()  # the whole file came again
-                pending: list[bytes] = []
-                pending_bytes = 0
-                try:
-                    async for piece in response.aiter_bytes():
-                        pending.append(piece)
-                        pending_bytes += len(piece)
-                        digest.update(piece)
-                        if pending_bytes >= PIECE_BYTES:
-                            await anyio.to_thread.run_sync(_write_all, partial, pending, have > 0)
-                            have += pending_bytes
-                            pending, pending_bytes = [], 0
-                            tracker.position(info.path, have)
-                finally:
-                    # What came before a drop is kept, so the next attempt continues after it.
-                    if pending:
-                        await anyio.to_thread.run_sync(_write_all, partial, pending, have > 0)
-                        have += pending_bytes
-                        tracker.position(info.path, have)
+                    await anyio.to_thread.run_sync(_write_all, partial, [], False)
+                have, cut = await _receive_into(response, partial, digest, have, info.path, tracker)
             finally:
                 await response.aclose()
+            if cut is not None:
+                raise cut
         except httpx.TransportError as exc:  # the body was cut short: the caller sees our error
             if attempt == MAX_RESUMES:
                 raise APIConnectionError(
