@@ -57,15 +57,15 @@ def tree(root: Path) -> dict[str, bytes]:
     }
 
 
-def bytes_up(server_url: str) -> float:
-    """The server's count of request body bytes received (its /metrics)."""
+def bytes_up(server_url: str, direction: str = "up") -> float:
+    """The server's count of body bytes received (``up``) or sent (``down``), from its /metrics."""
     text = httpx.get(server_url.removesuffix("/v1") + "/metrics", timeout=10).text
     total: dict[str, float] = defaultdict(float)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "ckpt_http_body_bytes_total":
                 total[sample.labels["direction"]] += sample.value
-    return total["up"]
+    return total[direction]
 
 
 CHECKPOINT = {
@@ -99,7 +99,7 @@ def test_save_a_nested_folder_then_download_it_byte_identical(
     assert [f.path for f in listed] == sorted(CHECKPOINT)
     assert {f.path: f.size_bytes for f in listed} == {p: len(d) for p, d in CHECKPOINT.items()}
 
-    up_before = bytes_up(server_url)
+    up_before, down_before = bytes_up(server_url), bytes_up(server_url, "down")
     result = client.checkpoints.download(model_id, tmp_path / "out", step=10)
     assert tree(tmp_path / "out") == CHECKPOINT
     assert result.checkpoint.id == saved.checkpoint.id
@@ -107,7 +107,7 @@ def test_save_a_nested_folder_then_download_it_byte_identical(
     if blob_url.startswith("s3://"):
         # Presigned: the weights went to the bucket and came back from it, not through the server.
         assert up_before < 64 * 1024
-        assert bytes_up(server_url) - up_before < 64 * 1024
+        assert bytes_up(server_url, "down") - down_before < 64 * 1024
 
 
 def test_a_second_upload_sends_no_file_bytes(
