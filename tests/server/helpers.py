@@ -48,6 +48,7 @@ AUTHENTICATED = [
     Endpoint("GET", CHECKPOINTS + "/{checkpoint}"),
     Endpoint("PATCH", CHECKPOINTS + "/{checkpoint}", {"metrics": {"eval": 1.0}}),
     Endpoint("GET", CHECKPOINTS + "/best?metric=loss&mode=min"),
+    Endpoint("GET", CHECKPOINTS + "/series?metric=loss&points=10"),
     Endpoint("POST", CHECKPOINTS + "/retention", {"keep_latest": 0}),
 ]
 

@@ -163,8 +163,18 @@ class RetentionResponse(BaseModel):
     kept_steps: list[int]
     deleted_steps: list[int]
     freed_bytes: int = Field(
-        description="Stored bytes no live file references any more (0 on a dry run)"
+        description="The entity's stored bytes this frees (a dry run: would free): contents of the "
+        "deleted checkpoints' files that no surviving file of the entity holds"
     )
+
+
+class MetricSeriesResponse(BaseModel):
+    object: Literal["series"] = "series"
+    metric: str
+    count: int = Field(description="Checkpoints in the step range that have the metric")
+    downsampled: bool = Field(description="Whether points were left out (count > len(steps))")
+    steps: list[int] = Field(description="Steps, ascending")
+    values: list[float] = Field(description="The metric's value at each of `steps`")
 
 
 class Health(BaseModel):

@@ -111,9 +111,17 @@ class BestRule:
 class RetentionResult:
     kept_steps: list[int]
     deleted_steps: list[int]
-    freed_bytes: int = (
-        0  # stored bytes no live file references any more (the collector removes them)
-    )
+    # The entity's stored bytes this frees: contents of the deleted checkpoints' files that no
+    # surviving file of the entity holds (a dry run: would free). Never about other entities' files.
+    freed_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSeries:
+    """A metric's `(step, value)` points in step order, downsampled to a budget (rules.py)."""
+
+    count: int  # checkpoints in the step range that have the metric
+    points: list[tuple[int, float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +273,19 @@ class Storage(Protocol):
         The latest checkpoint is always kept. Checkpoints registered while this runs are kept, and
         the result names exactly the steps this call deleted. A dry run changes and locks nothing.
         """
+
+    async def metric_series(
+        self,
+        entity: str,
+        model_id: str,
+        metric: str,
+        *,
+        points: int,
+        step_min: int,
+        step_max: int,
+    ) -> MetricSeries:
+        """The metric's values at steps `step_min..step_max`, at most `points` of them, kept by
+        `rules.downsample_series`; an empty series when no checkpoint in the range has it."""
 
     async def purge_tombstones(self, older_than: datetime) -> int:
         """Remove tombstones deleted before `older_than`; remember their ids as expired cursors."""

@@ -98,3 +98,25 @@ def plan_retention(
     keep.update(best_steps)
     deleted = [(step, id_) for step, id_ in checkpoints if step not in keep]
     return RetentionPlan(sorted(keep), deleted)
+
+
+def downsample_series(points: list[tuple[int, float]], budget: int) -> list[tuple[int, float]]:
+    """At most `budget` (>= 4) of a metric's `(step, value)` points, in step order, keeping its shape.
+
+    Every point when they fit. Otherwise the first and the last, and the rest cut into equal runs
+    of consecutive points, of which each gives its lowest and highest point: every peak and dip
+    of the curve survives, so the global minimum and maximum always do (min/max decimation, as
+    plotting libraries do it; LTTB would drop a lone spike that a user is looking for).
+    """
+    if len(points) <= budget:
+        return points
+    first, last, inner = points[0], points[-1], points[1:-1]
+    buckets = (budget - 2) // 2
+    kept = [first]
+    for index in range(buckets):
+        run = inner[index * len(inner) // buckets : (index + 1) * len(inner) // buckets]
+        low = min(run, key=lambda point: point[1])
+        high = max(run, key=lambda point: point[1])
+        kept.extend(sorted({low, high}))
+    kept.append(last)
+    return kept
