@@ -227,6 +227,11 @@ def drive_every_route(api: httpx.Client, name: str = "every-route") -> dict[str,
         ).status_code
         == 200
     )
+    series = api.get(f"/preview/models/{model}/checkpoints/series", params={"metric": "loss"})
+    assert series.json()["steps"] == [1, 2]
+    origin = str(api.base_url.copy_with(path="/"))  # the dashboard, outside /v1
+    assert api.get(origin).status_code == 200
+    assert api.get(origin + "dashboard/app.js").status_code == 200
     files = f"/preview/models/{model}/checkpoints/{checkpoint}/files"
     assert api.put(f"{files}/model.bin", content=data).status_code == 201
     assert api.get(files).status_code == 200
