@@ -46,6 +46,7 @@ API_PREFIX: Final = "/v1"
 MODELS_PATH: Final = API_PREFIX + "/preview/models"
 CHECKPOINTS_PATH: Final = MODELS_PATH + "/{model_id}/checkpoints"
 SERIES_PATH: Final = CHECKPOINTS_PATH + "/series"
+MODEL_SUMMARY_PATH: Final = MODELS_PATH + "/{model_id}/summary"
 
 # Checkpoint files (section 6): paths of 1..1024 UTF-8 bytes; files lists 1..1000 per page.
 MAX_FILE_PATH_BYTES: Final = 1024

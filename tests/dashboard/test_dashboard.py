@@ -76,7 +76,11 @@ def test_a_user_reads_a_model_and_acts_on_it(
     expect(models_table).to_contain_text("other-model")
     row = models_table.locator(f'tr[data-model-id="{model}"]')
     expect(row).to_contain_text("agents")
-    expect(row).to_contain_text("290")  # the latest step
+    expect(row.locator("td").nth(3)).to_have_text("30")  # checkpoints
+    expect(row.locator("td").nth(4)).to_have_text("290")  # the latest step
+    # Stored: each content once (the tokenizer is on two checkpoints).
+    stored = sum(map(len, OWN.values())) + len(SHARED)
+    expect(row.locator("td").nth(6)).to_have_attribute("title", f"{stored} bytes")
     # The key lives in session storage and nowhere else.
     assert page.evaluate("() => document.cookie") == ""
     assert page.evaluate("() => sessionStorage.length") == 1

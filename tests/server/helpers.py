@@ -39,6 +39,7 @@ AUTHENTICATED = [
     Endpoint("GET", "/preview/models"),
     Endpoint("GET", "/preview/models?project=proj&limit=1&order=desc"),
     Endpoint("GET", "/preview/models/{model}"),
+    Endpoint("GET", "/preview/models/{model}/summary"),
     Endpoint("DELETE", "/preview/models/{model}"),
     Endpoint("GET", CHECKPOINTS),
     Endpoint("GET", CHECKPOINTS + "?limit=1&order=desc"),
@@ -227,6 +228,7 @@ def drive_every_route(api: httpx.Client, name: str = "every-route") -> dict[str,
         ).status_code
         == 200
     )
+    assert api.get(f"/preview/models/{model}/summary").json()["checkpoints"] == 2
     series = api.get(f"/preview/models/{model}/checkpoints/series", params={"metric": "loss"})
     assert series.json()["steps"] == [1, 2]
     origin = str(api.base_url.copy_with(path="/"))  # the dashboard, outside /v1

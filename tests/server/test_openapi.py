@@ -73,6 +73,7 @@ def test_every_documented_operation_is_served(document: dict[str, Any]) -> None:
         ("POST", "/v1/preview/models"),
         ("GET", "/v1/preview/models"),
         ("GET", "/v1/preview/models/{model_id}"),
+        ("GET", "/v1/preview/models/{model_id}/summary"),
         ("DELETE", "/v1/preview/models/{model_id}"),
         ("GET", LIST_PATH),
         ("POST", LIST_PATH),

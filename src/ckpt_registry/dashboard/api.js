@@ -87,6 +87,7 @@ export async function download(path, filename) {
 export const models = {
   list: (query) => request("/preview/models", { query }),
   get: (id) => request(`/preview/models/${encodeURIComponent(id)}`),
+  summary: (id) => request(`/preview/models/${encodeURIComponent(id)}/summary`),
 };
 
 const base = (id) => `/preview/models/${encodeURIComponent(id)}/checkpoints`;

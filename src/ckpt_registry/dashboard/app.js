@@ -118,16 +118,12 @@ async function modelsPage(token) {
   if (after) query.after = after;
   const page = await models.list(query);
   const rows = await Promise.all(
-    page.data.map(async (model) => {
-      const latest = await checkpoints.list(model.id, { limit: 1, order: "desc" });
-      const top = latest.data[0];
-      const detail = top ? await checkpoints.get(model.id, top.id) : null;
-      return { model, latest: top, detail };
-    }),
+    page.data.map(async (model) => ({ model, summary: await models.summary(model.id) })),
   );
+  // The models API pages by creation; these orders apply to the page shown (docs/dashboard.md).
   if (modelsPaging.sort === "name") rows.sort((a, b) => a.model.name.localeCompare(b.model.name));
   if (modelsPaging.sort === "updated") {
-    rows.sort((a, b) => (b.detail?.updated_at || "").localeCompare(a.detail?.updated_at || ""));
+    rows.sort((a, b) => (b.summary.last_update || "").localeCompare(a.summary.last_update || ""));
   }
 
   const project = h("input", { id: "project-filter", type: "search", value: modelsPaging.project, placeholder: "all projects" });
@@ -158,18 +154,25 @@ async function modelsPage(token) {
   const table = h(
     "table", { id: "models-table" },
     h("caption", { class: "sr-only" }, "Models"),
-    h("thead", {}, h("tr", {}, ["Name", "Project", "Base model", "Latest step", "Last update", "Latest size"].map((name) => h("th", { scope: "col" }, name)))),
+    h("thead", {}, h("tr", {},
+      ["Name", "Project", "Base model"].map((name) => h("th", { scope: "col" }, name)),
+      h("th", { scope: "col", class: "num" }, "Checkpoints"),
+      h("th", { scope: "col", class: "num" }, "Latest step"),
+      h("th", { scope: "col" }, "Last update"),
+      h("th", { scope: "col", class: "num" }, "Stored"),
+    )),
     h(
       "tbody", {},
-      rows.map(({ model, latest, detail }) =>
+      rows.map(({ model, summary }) =>
         h(
           "tr", { dataset: { modelId: model.id } },
           h("td", {}, h("a", { href: `#/models/${model.id}` }, model.name)),
           h("td", {}, model.project),
           h("td", {}, model.base_model),
-          h("td", { class: "num" }, latest ? formatNumber(latest.step) : "—"),
-          h("td", {}, formatTime(detail?.updated_at)),
-          h("td", { class: "num" }, detail && detail.files ? formatBytes(detail.size_bytes) : "—"),
+          h("td", { class: "num" }, formatNumber(summary.checkpoints)),
+          h("td", { class: "num" }, summary.latest_step === null ? "—" : formatNumber(summary.latest_step)),
+          h("td", {}, formatTime(summary.last_update)),
+          h("td", { class: "num", title: `${summary.stored_bytes} bytes` }, summary.files ? formatBytes(summary.stored_bytes) : "—"),
         ),
       ),
     ),
@@ -192,9 +195,10 @@ async function modelsPage(token) {
 const defaultMode = (metric) => (/loss|error|perplexity|ppl|wer|cer/i.test(metric) ? "min" : "max");
 
 async function modelPage(modelId, state, token = generation) {
-  const [model, latestPage] = await Promise.all([
+  const [model, latestPage, summary] = await Promise.all([
     models.get(modelId),
     checkpoints.list(modelId, { limit: PAGE, order: "desc" }),
+    models.summary(modelId),
   ]);
   const names = [...new Set(latestPage.data.flatMap((row) => Object.keys(row.metrics)))];
   const latest = latestPage.data[0] || null;
@@ -210,7 +214,8 @@ async function modelPage(modelId, state, token = generation) {
   main.replaceChildren(
     h("p", { class: "crumbs" }, h("a", { href: "#/" }, "Models"), " / ", model.project),
     h("h1", {}, model.name),
-    h("p", { class: "muted" }, `${model.project} · base ${model.base_model} · latest step ${latest ? formatNumber(latest.step) : "—"}`),
+    h("p", { class: "muted", id: "model-facts" },
+      `${model.project} · base ${model.base_model} · ${formatNumber(summary.checkpoints)} checkpoints · latest step ${latest ? formatNumber(latest.step) : "—"} · ${summary.files} files, ${formatBytes(summary.stored_bytes)} stored`),
     names.length ? controls : h("p", { class: "muted" }, "No metrics to chart yet."),
     chartsBox,
     tableBox,

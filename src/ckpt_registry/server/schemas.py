@@ -168,6 +168,19 @@ class RetentionResponse(BaseModel):
     )
 
 
+class ModelSummaryResponse(BaseModel):
+    object: Literal["model.summary"] = "model.summary"
+    model_id: uuid.UUID
+    checkpoints: int = Field(description="Live checkpoints")
+    latest_step: int | None = Field(description="The highest live step; null without checkpoints")
+    last_update: str | None = Field(
+        description="When a live checkpoint was last registered or had metrics merged"
+    )
+    files: int = Field(description="Files of the live checkpoints")
+    logical_bytes: int = Field(description="Their sizes added up")
+    stored_bytes: int = Field(description="Each distinct content once")
+
+
 class MetricSeriesResponse(BaseModel):
     object: Literal["series"] = "series"
     metric: str

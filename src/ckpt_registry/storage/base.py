@@ -117,6 +117,18 @@ class RetentionResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelSummary:
+    """What a model holds now: its live checkpoints and their files."""
+
+    checkpoints: int
+    latest_step: int | None  # None without checkpoints
+    last_update: datetime | None  # the latest registration or metrics merge of a live checkpoint
+    files: int
+    logical_bytes: int  # every live file's size
+    stored_bytes: int  # each distinct content once
+
+
+@dataclass(frozen=True, slots=True)
 class MetricSeries:
     """A metric's `(step, value)` points in step order, downsampled to a budget (rules.py)."""
 
@@ -206,6 +218,10 @@ class Storage(Protocol):
         self, entity: str, *, project: str | None, after: str | None, limit: int, order: Order
     ) -> ModelPage:
         """Keyset page by (created_at, id); `InvalidCursor` when `after` is no model of the entity."""
+
+    async def model_summary(self, entity: str, model_id: str) -> ModelSummary:
+        """Counts and sizes of the model's live checkpoints and files (reads every checkpoint row of
+        the model: ~30 ms at 100,000)."""
 
     async def delete_model(self, entity: str, model_id: str) -> int:
         """Delete the model and its checkpoints; the number of live checkpoints deleted.

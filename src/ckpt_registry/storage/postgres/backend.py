@@ -23,6 +23,7 @@ from ..base import (
     Mode,
     Model,
     ModelPage,
+    ModelSummary,
     Order,
     PoolUsage,
     RetentionResult,
@@ -63,6 +64,7 @@ from .queries import (
     LOCK_STEPS,
     METRIC_SERIES,
     MODEL_COLUMNS,
+    MODEL_SUMMARY,
     PAGE_QUERIES,
     TOUCH_BLOB,
     UPSERT_METRICS,
@@ -289,6 +291,25 @@ class PostgresStorage:
                 raise ModelNameTaken(project, name)
 
         return await self.pool.run(work, idempotent=False)
+
+    async def model_summary(self, entity: str, model_id: str) -> ModelSummary:
+        _known_model(entity, model_id)
+
+        async def work(connection: Connection) -> Any:
+            async with connection.transaction(readonly=True):
+                if await connection.fetchval(LIVE_MODEL, model_id, entity) is None:
+                    raise ModelNotFound()
+                return await connection.fetchrow(MODEL_SUMMARY, model_id)
+
+        row = await self.pool.run(work, idempotent=True)
+        return ModelSummary(
+            int(row["checkpoints"]),
+            None if row["latest_step"] is None else int(row["latest_step"]),
+            row["last_update"],
+            int(row["files"]),
+            int(row["logical_bytes"]),
+            int(row["stored_bytes"]),
+        )
 
     async def get_model(self, entity: str, model_id: str) -> Model:
         _known_model(entity, model_id)

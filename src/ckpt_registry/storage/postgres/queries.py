@@ -189,6 +189,17 @@ FREED_BY = """
               AND f.checkpoint_id NOT IN (SELECT unnest($1::uuid[])))
 """
 
+MODEL_SUMMARY = """
+    SELECT c.checkpoints, c.latest_step, c.last_update, f.files, f.logical_bytes, s.stored_bytes
+      FROM (SELECT count(*) AS checkpoints, max(step) AS latest_step, max(updated_at) AS last_update
+              FROM checkpoints WHERE model_id = $1::uuid) c,
+           (SELECT count(*) AS files, coalesce(sum(size_bytes), 0) AS logical_bytes
+              FROM checkpoint_files WHERE model_id = $1::uuid) f,
+           (SELECT coalesce(sum(size_bytes), 0) AS stored_bytes
+              FROM (SELECT DISTINCT sha256, size_bytes FROM checkpoint_files
+                     WHERE model_id = $1::uuid) d) s
+"""
+
 METRIC_SERIES = """
     SELECT step, value FROM checkpoint_metrics
      WHERE model_id = $1::uuid AND name = $2 AND step BETWEEN $3 AND $4

@@ -39,6 +39,7 @@ from ..base import (
     Mode,
     Model,
     ModelPage,
+    ModelSummary,
     Order,
     RetentionResult,
     UploadSession,
@@ -500,6 +501,36 @@ class SQLiteStorage:
         if row is None:
             raise ModelNotFound()
         return _model(row)
+
+    async def model_summary(self, entity: str, model_id: str) -> ModelSummary:
+        with self._reading() as db:
+            db.execute("BEGIN")  # counts of checkpoints and of files from one snapshot
+            try:
+                _require_live_model(db, entity, model_id)
+                count, latest, updated = db.execute(
+                    "SELECT COUNT(*), MAX(step), MAX(updated_at) FROM checkpoints WHERE model_id = ?",
+                    (model_id,),
+                ).fetchone()
+                files, logical = db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM checkpoint_files "
+                    "WHERE model_id = ?",
+                    (model_id,),
+                ).fetchone()
+                (stored,) = db.execute(
+                    "SELECT COALESCE(SUM(size_bytes), 0) FROM (SELECT DISTINCT sha256, size_bytes "
+                    "FROM checkpoint_files WHERE model_id = ?)",
+                    (model_id,),
+                ).fetchone()
+            finally:
+                db.execute("COMMIT")
+        return ModelSummary(
+            int(count),
+            None if latest is None else int(latest),
+            None if updated is None else parse_timestamp(updated),
+            int(files),
+            int(logical),
+            int(stored),
+        )
 
     async def list_models(
         self, entity: str, *, project: str | None, after: str | None, limit: int, order: Order
