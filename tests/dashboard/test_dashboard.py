@@ -103,6 +103,14 @@ def test_a_user_reads_a_model_and_acts_on_it(
     }
     assert table_steps(page) == STEPS[::-1][:20]
     screenshot(page, "model")
+    page.emulate_media(color_scheme="dark")  # the chart is drawn again in the dark colours
+    expect(page.locator('figure.chart[data-metric="loss"] canvas')).to_be_visible()
+    assert (
+        page.evaluate("() => getComputedStyle(document.body).backgroundColor") == "rgb(13, 17, 23)"
+    )
+    screenshot(page, "model-dark")
+    page.emulate_media(color_scheme="light")
+    expect(page.locator('figure.chart[data-metric="loss"] canvas')).to_be_visible()
 
     # Values on hover: uPlot's legend shows the hovered step's value.
     plot = page.locator('figure.chart[data-metric="loss"] .u-over')

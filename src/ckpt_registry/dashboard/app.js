@@ -462,13 +462,13 @@ async function checkpointPage(modelId, checkpoint, token) {
     ),
     h("h2", {}, "Metrics"),
     Object.keys(checkpoint.metrics).length
-      ? h("table", { id: "metrics-table" }, h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Metric"), h("th", { scope: "col" }, "Value"))),
+      ? h("table", { id: "metrics-table" }, h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Metric"), h("th", { scope: "col", class: "num" }, "Value"))),
         h("tbody", {}, Object.entries(checkpoint.metrics).map(([name, value]) => h("tr", {}, h("td", {}, name), h("td", { class: "num" }, String(value))))))
       : h("p", { class: "muted" }, "No metrics."),
     h("h2", {}, "Files"),
     files.length
       ? h("div", { class: "scroll" }, h("table", { id: "files-table" },
-        h("thead", {}, h("tr", {}, ["Path", "Size", "sha256", ""].map((name) => h("th", { scope: "col" }, name)))),
+        h("thead", {}, h("tr", {}, ["Path", "Size", "sha256", ""].map((name) => h("th", { scope: "col", class: name === "Size" ? "num" : null }, name)))),
         h("tbody", {}, files.map((file) => {
           const button = h("button", { type: "button", class: "download", "aria-label": `Download ${file.path}` }, "Download");
           button.addEventListener("click", () =>
@@ -534,4 +534,6 @@ async function route() {
 }
 
 window.addEventListener("hashchange", () => { route(); main.focus({ preventScroll: true }); });
+// Charts take their colours when drawn: draw again when the system turns light or dark.
+window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => route());
 route();
