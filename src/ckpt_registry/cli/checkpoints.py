@@ -290,6 +290,8 @@ def retention(
     verb = "Would delete" if result.dry_run else "Deleted"
     out.print(f"{verb} {len(result.deleted_steps)} checkpoint(s): {_steps(result.deleted_steps)}")
     out.print(f"Kept {len(result.kept_steps)}: {_steps(result.kept_steps)}")
+    if result.freed_bytes:
+        out.print(f"{'Would free' if result.dry_run else 'Freed'} {result.freed_bytes:,} bytes")
 
 
 def _steps(steps: list[int]) -> str:
