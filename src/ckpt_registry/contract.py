@@ -33,6 +33,11 @@ LIST_ORDER_DEFAULT: Final[Order] = "asc"
 # a list of integers and a timestamp each, so a large one stays small.
 DELETED_STEPS_LIMIT_MAX: Final = 10_000
 DELETED_STEPS_LIMIT_DEFAULT: Final = 1000
+# A metric's series (`GET .../checkpoints/series`): at most `points` of it, 4..10,000, default 1,000:
+# enough for a chart a few thousand pixels wide, never a whole 100,000-checkpoint model.
+SERIES_POINTS_MIN: Final = 4
+SERIES_POINTS_MAX: Final = 10_000
+SERIES_POINTS_DEFAULT: Final = 1000
 
 # JSON request bodies over this many bytes are refused with 413 (section 5).
 MAX_JSON_BODY_BYTES: Final = 1024 * 1024
@@ -44,6 +49,8 @@ TIMESTAMP_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
 API_PREFIX: Final = "/v1"
 MODELS_PATH: Final = API_PREFIX + "/preview/models"
 CHECKPOINTS_PATH: Final = MODELS_PATH + "/{model_id}/checkpoints"
+SERIES_PATH: Final = CHECKPOINTS_PATH + "/series"
+MODEL_SUMMARY_PATH: Final = MODELS_PATH + "/{model_id}/summary"
 
 # Checkpoint files (section 6): paths of 1..1024 UTF-8 bytes; files lists 1..1000 per page.
 MAX_FILE_PATH_BYTES: Final = 1024

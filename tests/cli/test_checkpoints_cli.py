@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
@@ -254,6 +255,20 @@ def test_retention_dry_run_then_for_real(ckpt: Ckpt, model_id: str, sdk: Client)
     }
     assert "Deleted 5 checkpoint(s)" in done.stdout
     assert [c.step for c in sdk.checkpoints.list(model_id)] == kept
+
+
+def test_retention_tells_the_bytes_it_would_free_and_frees(
+    ckpt: Ckpt, model_id: str, sdk: Client, api: httpx.Client
+) -> None:
+    for step in (1, 2):
+        checkpoint = sdk.checkpoints.register(model_id, step=step).id
+        url = f"/preview/models/{model_id}/checkpoints/{checkpoint}/files/weights.bin"
+        assert api.put(url, content=b"w" * 1500 * step).status_code == 201
+
+    plan = ckpt("retention", model_id, "--keep-latest", "1", "--dry-run")
+    assert "Would free 1.5 kB of file storage." in plan.stdout
+    done = ckpt("retention", model_id, "--keep-latest", "1")
+    assert "Freed 1.5 kB of file storage." in done.stdout
 
 
 def test_keep_best_is_parsed_from_the_right() -> None:

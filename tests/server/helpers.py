@@ -39,6 +39,7 @@ AUTHENTICATED = [
     Endpoint("GET", "/preview/models"),
     Endpoint("GET", "/preview/models?project=proj&limit=1&order=desc"),
     Endpoint("GET", "/preview/models/{model}"),
+    Endpoint("GET", "/preview/models/{model}/summary"),
     Endpoint("DELETE", "/preview/models/{model}"),
     Endpoint("GET", CHECKPOINTS),
     Endpoint("GET", CHECKPOINTS + "?limit=1&order=desc"),
@@ -48,6 +49,7 @@ AUTHENTICATED = [
     Endpoint("GET", CHECKPOINTS + "/{checkpoint}"),
     Endpoint("PATCH", CHECKPOINTS + "/{checkpoint}", {"metrics": {"eval": 1.0}}),
     Endpoint("GET", CHECKPOINTS + "/best?metric=loss&mode=min"),
+    Endpoint("GET", CHECKPOINTS + "/series?metric=loss&points=10"),
     Endpoint("POST", CHECKPOINTS + "/retention", {"keep_latest": 0}),
 ]
 
@@ -226,6 +228,12 @@ def drive_every_route(api: httpx.Client, name: str = "every-route") -> dict[str,
         ).status_code
         == 200
     )
+    assert api.get(f"/preview/models/{model}/summary").json()["checkpoints"] == 2
+    series = api.get(f"/preview/models/{model}/checkpoints/series", params={"metric": "loss"})
+    assert series.json()["steps"] == [1, 2]
+    origin = str(api.base_url.copy_with(path="/"))  # the dashboard, outside /v1
+    assert api.get(origin).status_code == 200
+    assert api.get(origin + "dashboard/app.js").status_code == 200
     files = f"/preview/models/{model}/checkpoints/{checkpoint}/files"
     assert api.put(f"{files}/model.bin", content=data).status_code == 201
     assert api.get(files).status_code == 200

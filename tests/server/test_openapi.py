@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
+from ckpt_registry.contract import SERIES_POINTS_DEFAULT, SERIES_POINTS_MAX, SERIES_POINTS_MIN
+
 SEED = json.loads((Path(__file__).parents[1] / "fixtures" / "seed-openapi.json").read_text())
 LIST_PATH = "/v1/preview/models/{model_id}/checkpoints"
 
@@ -71,14 +73,39 @@ def test_every_documented_operation_is_served(document: dict[str, Any]) -> None:
         ("POST", "/v1/preview/models"),
         ("GET", "/v1/preview/models"),
         ("GET", "/v1/preview/models/{model_id}"),
+        ("GET", "/v1/preview/models/{model_id}/summary"),
         ("DELETE", "/v1/preview/models/{model_id}"),
         ("GET", LIST_PATH),
         ("POST", LIST_PATH),
         ("DELETE", LIST_PATH),
         ("GET", LIST_PATH + "/best"),
+        ("GET", LIST_PATH + "/series"),
         ("POST", LIST_PATH + "/retention"),
         ("GET", LIST_PATH + "/{checkpoint_id}"),
         ("PATCH", LIST_PATH + "/{checkpoint_id}"),
         ("GET", "/v1/health"),
         ("GET", "/v1/system-check"),
     } <= operations
+
+
+def test_the_series_operation_documents_its_parameters_and_answer(document: dict[str, Any]) -> None:
+    operation = document["paths"][LIST_PATH + "/series"]["get"]
+    parameters = {parameter["name"]: parameter for parameter in operation["parameters"]}
+    assert parameters["metric"]["required"] is True
+    assert parameters["points"]["schema"]["minimum"] == SERIES_POINTS_MIN
+    assert parameters["points"]["schema"]["maximum"] == SERIES_POINTS_MAX
+    assert parameters["points"]["schema"]["default"] == SERIES_POINTS_DEFAULT
+    assert {"step_min", "step_max"} <= set(parameters)
+    assert set(operation["responses"]) >= {"200", "401", "404", "422"}
+    schema = document["components"]["schemas"]["MetricSeriesResponse"]
+    assert set(schema["properties"]) == {
+        "object",
+        "metric",
+        "count",
+        "downsampled",
+        "steps",
+        "values",
+    }
+    # The dashboard's pages are no API operations.
+    assert "/" not in document["paths"]
+    assert not any(path.startswith("/dashboard") for path in document["paths"])

@@ -329,9 +329,11 @@ def retention(
     verb = "Would delete" if result.dry_run else "Deleted"
     out.print(f"{verb} {len(result.deleted_steps)} checkpoint(s): {_steps(result.deleted_steps)}")
     out.print(f"Kept {len(result.kept_steps)}: {_steps(result.kept_steps)}")
-    if not result.dry_run:
-        # Contents other checkpoints still use stay: only what nothing references is freed.
-        out.print(f"Freed {decimal(result.freed_bytes)} of file storage.")
+    # Contents other checkpoints (of any model of the entity) still use stay: only what nothing
+    # references is freed, and a dry run says what its real run would free.
+    out.print(
+        f"{'Would free' if result.dry_run else 'Freed'} {decimal(result.freed_bytes)} of file storage."
+    )
 
 
 def _steps(steps: list[int]) -> str:

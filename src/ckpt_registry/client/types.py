@@ -131,7 +131,7 @@ class RetentionResult:
     dry_run: bool
     kept_steps: list[int]
     deleted_steps: list[int]
-    freed_bytes: int = 0  # stored bytes no file references any more
+    freed_bytes: int = 0  # the entity's stored bytes it frees (would free, with ``dry_run``)
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> RetentionResult:

@@ -18,6 +18,7 @@ from ..blobs.errors import BlobError
 from ..collector import collect
 from ..storage import PoolOptions, Storage, open_storage
 from ..storage.errors import StorageError
+from . import dashboard
 from .asgi import Layer, stacked
 from .errors import blob_error_kind, install_error_handlers
 from .fastpath import ListCheckpointsFastPath
@@ -41,6 +42,7 @@ ROUTERS = (
     uploads.router,
     usage.router,
     service.router,
+    dashboard.router,  # `/` and `/dashboard/...`: the browser's page, outside `/v1`
 )
 
 

@@ -163,7 +163,8 @@ class RetentionResponse(BaseModel):
     kept_steps: list[int]
     deleted_steps: list[int]
     freed_bytes: int = Field(
-        description="Stored bytes no live file references any more (0 on a dry run)"
+        description="The entity's stored bytes this frees (a dry run: would free): contents of the "
+        "deleted checkpoints' files that no surviving file of the entity holds"
     )
 
 
@@ -178,6 +179,28 @@ class DeletedStepList(BaseModel):
     object: Literal["list"] = "list"
     data: list[DeletedStep]
     has_more: bool
+
+
+class ModelSummaryResponse(BaseModel):
+    object: Literal["model.summary"] = "model.summary"
+    model_id: uuid.UUID
+    checkpoints: int = Field(description="Live checkpoints")
+    latest_step: int | None = Field(description="The highest live step; null without checkpoints")
+    last_update: str | None = Field(
+        description="When a live checkpoint was last registered or had metrics merged"
+    )
+    files: int = Field(description="Files of the live checkpoints")
+    logical_bytes: int = Field(description="Their sizes added up")
+    stored_bytes: int = Field(description="Each distinct content once")
+
+
+class MetricSeriesResponse(BaseModel):
+    object: Literal["series"] = "series"
+    metric: str
+    count: int = Field(description="Checkpoints in the step range that have the metric")
+    downsampled: bool = Field(description="Whether points were left out (count > len(steps))")
+    steps: list[int] = Field(description="Steps, ascending")
+    values: list[float] = Field(description="The metric's value at each of `steps`")
 
 
 class Health(BaseModel):

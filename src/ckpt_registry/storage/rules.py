@@ -108,3 +108,28 @@ def plan_retention(
     keep.update(best_steps)
     deleted = [(step, id_) for step, id_ in checkpoints if step not in keep]
     return RetentionPlan(sorted(keep), deleted)
+
+
+def downsample_series(points: list[tuple[int, float]], budget: int) -> list[tuple[int, float]]:
+    """At most `budget` (>= 4) of a metric's `(step, value)` points, in step order, keeping its shape.
+
+    Every point when they fit. Otherwise the first and the last, and the rest cut into equal runs
+    of consecutive points, of which each gives its lowest and highest point: every peak and dip
+    of the curve survives, so the global minimum and maximum always do (min/max decimation, as
+    plotting libraries do it; LTTB would drop a lone spike that a user is looking for).
+    """
+    if len(points) <= budget:
+        return points
+    # min/max of a list slice run in C: ~5 ms for 100,000 points, where a key function per point
+    # took ~40 ms.
+    values = [value for _, value in points]
+    inner, buckets = len(points) - 2, (budget - 2) // 2
+    kept = [points[0]]
+    for index in range(buckets):
+        start = 1 + index * inner // buckets
+        run = values[start : 1 + (index + 1) * inner // buckets]
+        low = start + run.index(min(run))
+        high = start + run.index(max(run))
+        kept.extend(points[i] for i in sorted({low, high}))
+    kept.append(points[-1])
+    return kept

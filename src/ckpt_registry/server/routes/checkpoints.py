@@ -17,6 +17,10 @@ from ...contract import (
     LIST_LIMIT_MIN,
     LIST_ORDER_DEFAULT,
     MAX_STEP,
+    SERIES_PATH,
+    SERIES_POINTS_DEFAULT,
+    SERIES_POINTS_MAX,
+    SERIES_POINTS_MIN,
     Order,
 )
 from ...storage.base import BestRule
@@ -33,6 +37,7 @@ from ..schemas import (
     DeletedStepList,
     ErrorDetail,
     MetricName,
+    MetricSeriesResponse,
     MetricsUpdate,
     PaginatedResponse,
     RetentionRequest,
@@ -158,6 +163,50 @@ async def list_deleted_steps(
                 for deleted in page.data
             ],
             "has_more": page.has_more,
+        }
+    )
+
+
+@router.get(
+    SERIES_PATH.removeprefix(CHECKPOINTS_PATH),
+    summary="Metric Series",
+    response_model=MetricSeriesResponse,
+    responses=MODEL_ERRORS,
+)
+async def metric_series(
+    model_id: str,
+    entity: Entity,
+    storage: StorageDep,
+    metric: Annotated[MetricName, Query(description="The metric to read")],
+    points: Annotated[
+        int,
+        Query(
+            ge=SERIES_POINTS_MIN,
+            le=SERIES_POINTS_MAX,
+            description="At most this many points; more are downsampled keeping each run's "
+            "lowest and highest value, the first and the last",
+        ),
+    ] = SERIES_POINTS_DEFAULT,
+    step_min: Annotated[
+        int, Query(ge=0, le=MAX_STEP, description="The first step of the range (zoom)")
+    ] = 0,
+    step_max: Annotated[
+        int, Query(ge=0, le=MAX_STEP, description="The last step of the range (zoom)")
+    ] = MAX_STEP,
+) -> Response:
+    if step_min > step_max:
+        raise RequestInvalid(["query", "step_max"], "step_max must be at least step_min")
+    series = await storage.metric_series(
+        entity, model_id, metric, points=points, step_min=step_min, step_max=step_max
+    )
+    return JSONBytes(
+        {
+            "object": "series",
+            "metric": metric,
+            "count": series.count,
+            "downsampled": series.count > len(series.points),
+            "steps": [step for step, _ in series.points],
+            "values": [value for _, value in series.points],
         }
     )
 

@@ -12,18 +12,20 @@ from ...contract import (
     LIST_LIMIT_MAX,
     LIST_LIMIT_MIN,
     LIST_ORDER_DEFAULT,
+    MODEL_SUMMARY_PATH,
     MODELS_PATH,
     Order,
 )
 from ..auth import Entity, StorageDep
 from ..errors import Forbidden
-from ..responses import JSONBytes, model_page, model_response
+from ..responses import JSONBytes, model_page, model_response, timestamp
 from ..schemas import (
     MODEL_ERRORS,
     DeleteModelResponse,
     ErrorDetail,
     ModelCreate,
     ModelResponse,
+    ModelSummaryResponse,
     PaginatedResponse,
 )
 
@@ -89,3 +91,27 @@ async def get_model(model_id: str, entity: Entity, storage: StorageDep) -> Respo
 async def delete_model(model_id: str, entity: Entity, storage: StorageDep) -> Response:
     deleted = await storage.delete_model(entity, model_id)
     return JSONBytes({"model_id": model_id, "deleted_checkpoints": deleted, "deleted_run": False})
+
+
+@router.get(
+    MODEL_SUMMARY_PATH.removeprefix(MODELS_PATH),
+    summary="Model Summary",
+    response_model=ModelSummaryResponse,
+    responses=MODEL_ERRORS,
+)
+async def model_summary(model_id: str, entity: Entity, storage: StorageDep) -> Response:
+    summary = await storage.model_summary(entity, model_id)
+    return JSONBytes(
+        {
+            "object": "model.summary",
+            "model_id": model_id,
+            "checkpoints": summary.checkpoints,
+            "latest_step": summary.latest_step,
+            "last_update": (
+                timestamp(summary.last_update) if summary.last_update is not None else None
+            ),
+            "files": summary.files,
+            "logical_bytes": summary.logical_bytes,
+            "stored_bytes": summary.stored_bytes,
+        }
+    )

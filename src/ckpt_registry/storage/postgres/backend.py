@@ -20,9 +20,11 @@ from ..base import (
     DeleteResult,
     FilePage,
     FileRecord,
+    MetricSeries,
     Mode,
     Model,
     ModelPage,
+    ModelSummary,
     Order,
     PoolUsage,
     RetentionResult,
@@ -55,13 +57,16 @@ from .queries import (
     DELETE_STEPS,
     DELETED_STEPS,
     DROP_FILES,
+    FREED_BY,
     KEY_COLUMNS,
     LIVE_CHECKPOINT,
     LIVE_MODEL,
     LIVE_STEPS,
     LOCK_ALL_STEPS,
     LOCK_STEPS,
+    METRIC_SERIES,
     MODEL_COLUMNS,
+    MODEL_SUMMARY,
     PAGE_QUERIES,
     TOUCH_BLOB,
     UPSERT_METRICS,
@@ -109,10 +114,10 @@ async def _lock_live_model(connection: Connection, entity: str, model_id: str) -
 
 
 async def _delete_steps(
-    connection: Connection, model_id: str, steps: list[int]
+    connection: Connection, entity: str, model_id: str, steps: list[int]
 ) -> tuple[set[int], int]:
     """Delete the checkpoints at `steps` (rows already locked), leaving tombstones, their files gone
-    with them; the steps gone and the stored bytes no live file references any more."""
+    with them; the steps gone and the entity's stored bytes no file of it holds any more."""
     rows = await connection.fetch(DELETE_STEPS, model_id, steps)
     metric_steps: list[int] = []
     metric_names: list[str] = []
@@ -124,7 +129,8 @@ async def _delete_steps(
         await connection.execute(DELETE_METRICS, model_id, metric_steps, metric_names)
     freed = 0
     if rows:
-        freed = int(await connection.fetchval(DROP_FILES, [str(row["id"]) for row in rows]))
+        ids = [str(row["id"]) for row in rows]
+        freed = int(await connection.fetchval(DROP_FILES, ids, entity))
     return {int(row["step"]) for row in rows}, freed
 
 
@@ -287,6 +293,25 @@ class PostgresStorage:
                 raise ModelNameTaken(project, name)
 
         return await self.pool.run(work, idempotent=False)
+
+    async def model_summary(self, entity: str, model_id: str) -> ModelSummary:
+        _known_model(entity, model_id)
+
+        async def work(connection: Connection) -> Any:
+            async with connection.transaction(readonly=True):
+                if await connection.fetchval(LIVE_MODEL, model_id, entity) is None:
+                    raise ModelNotFound()
+                return await connection.fetchrow(MODEL_SUMMARY, model_id)
+
+        row = await self.pool.run(work, idempotent=True)
+        return ModelSummary(
+            int(row["checkpoints"]),
+            None if row["latest_step"] is None else int(row["latest_step"]),
+            row["last_update"],
+            int(row["files"]),
+            int(row["logical_bytes"]),
+            int(row["stored_bytes"]),
+        )
 
     async def get_model(self, entity: str, model_id: str) -> Model:
         _known_model(entity, model_id)
@@ -544,7 +569,7 @@ class PostgresStorage:
                 # fresh snapshot then sees the metric rows of any PATCH that committed while we
                 # waited, and deletes them too.
                 await connection.execute(LOCK_STEPS, model_id, candidates)
-                return (await _delete_steps(connection, model_id, candidates))[0]
+                return (await _delete_steps(connection, entity, model_id, candidates))[0]
 
         deleted = await self.pool.run(work, idempotent=False)
         return DeleteResult(len(deleted), rules.not_found_steps(requested, deleted))
@@ -622,11 +647,39 @@ class PostgresStorage:
                 plan = rules.plan_retention(live, keep_latest, best)
                 steps = [step for step, _ in plan.deleted]
                 freed = 0
-                if not dry_run and steps:
-                    _, freed = await _delete_steps(connection, model_id, steps)
+                if dry_run and steps:
+                    ids = [id_ for _, id_ in plan.deleted]
+                    freed = int(await connection.fetchval(FREED_BY, ids, entity))
+                elif steps:
+                    _, freed = await _delete_steps(connection, entity, model_id, steps)
             return RetentionResult(plan.kept_steps, steps, freed)
 
         return await self.pool.run(work, idempotent=dry_run)
+
+    async def metric_series(
+        self,
+        entity: str,
+        model_id: str,
+        metric: str,
+        *,
+        points: int,
+        step_min: int,
+        step_max: int,
+    ) -> MetricSeries:
+        _known_model(entity, model_id)
+        storable = rules.storable(metric)
+
+        async def work(connection: Connection) -> list[tuple[int, float]]:
+            async with connection.transaction(readonly=True):
+                if await connection.fetchval(LIVE_MODEL, model_id, entity) is None:
+                    raise ModelNotFound()
+                if not storable:
+                    return []
+                rows = await connection.fetch(METRIC_SERIES, model_id, metric, step_min, step_max)
+                return [(int(row[0]), float(row[1])) for row in rows]
+
+        rows = await self.pool.run(work, idempotent=True)
+        return MetricSeries(len(rows), rules.downsample_series(rows, points))
 
     async def purge_tombstones(self, older_than: datetime) -> int:
         async def work(connection: Connection) -> int:

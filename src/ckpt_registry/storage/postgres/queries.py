@@ -164,7 +164,7 @@ TOUCH_BLOB = """
     ON CONFLICT (sha256) DO UPDATE SET touched_at = now()
 """
 
-# The files of the checkpoints $1 go; the stored bytes no live file references any more.
+# The files of the checkpoints $1 go; the stored bytes no file of the entity $2 holds any more.
 DROP_FILES = """
     WITH gone AS (
         DELETE FROM checkpoint_files WHERE checkpoint_id = ANY($1::uuid[]) RETURNING sha256
@@ -173,7 +173,37 @@ DROP_FILES = """
      WHERE b.sha256 IN (SELECT sha256 FROM gone)
        AND NOT EXISTS (
            SELECT 1 FROM checkpoint_files f
-            WHERE f.sha256 = b.sha256 AND f.checkpoint_id <> ALL($1::uuid[]))
+            WHERE f.entity = $2 AND f.sha256 = b.sha256 AND f.checkpoint_id <> ALL($1::uuid[]))
+"""
+
+# What DROP_FILES would answer for these checkpoints, changing nothing (a retention dry run). The
+# NOT IN subquery is hashed once, where `<> ALL` compares each file with the whole array.
+FREED_BY = """
+    SELECT coalesce(sum(d.size_bytes), 0) FROM (
+        SELECT DISTINCT sha256, size_bytes FROM checkpoint_files
+         WHERE checkpoint_id = ANY($1::uuid[])
+    ) d
+     WHERE NOT EXISTS (
+           SELECT 1 FROM checkpoint_files f
+            WHERE f.entity = $2 AND f.sha256 = d.sha256
+              AND f.checkpoint_id NOT IN (SELECT unnest($1::uuid[])))
+"""
+
+MODEL_SUMMARY = """
+    SELECT c.checkpoints, c.latest_step, c.last_update, f.files, f.logical_bytes, s.stored_bytes
+      FROM (SELECT count(*) AS checkpoints, max(step) AS latest_step, max(updated_at) AS last_update
+              FROM checkpoints WHERE model_id = $1::uuid) c,
+           (SELECT count(*) AS files, coalesce(sum(size_bytes), 0) AS logical_bytes
+              FROM checkpoint_files WHERE model_id = $1::uuid) f,
+           (SELECT coalesce(sum(size_bytes), 0) AS stored_bytes
+              FROM (SELECT DISTINCT sha256, size_bytes FROM checkpoint_files
+                     WHERE model_id = $1::uuid) d) s
+"""
+
+METRIC_SERIES = """
+    SELECT step, value FROM checkpoint_metrics
+     WHERE model_id = $1::uuid AND name = $2 AND step BETWEEN $3 AND $4
+     ORDER BY step
 """
 
 # A model's deleted steps above $2: a tombstone and no live checkpoint at that step (a step deleted,

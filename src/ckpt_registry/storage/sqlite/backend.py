@@ -36,9 +36,11 @@ from ..base import (
     DeleteResult,
     FilePage,
     FileRecord,
+    MetricSeries,
     Mode,
     Model,
     ModelPage,
+    ModelSummary,
     Order,
     RetentionResult,
     UploadSession,
@@ -203,8 +205,8 @@ def _touch_blob(db: sqlite3.Connection, sha256: str, size_bytes: int) -> None:
     )
 
 
-def _drop_files(db: sqlite3.Connection, checkpoint_ids: list[str]) -> int:
-    """Remove the files of these checkpoints; the stored bytes no live file references any more."""
+def _drop_files(db: sqlite3.Connection, entity: str, checkpoint_ids: list[str]) -> int:
+    """Remove the files of these checkpoints; the entity's stored bytes no file of it holds any more."""
     ids = orjson.dumps(checkpoint_ids).decode()
     contents = [
         str(row[0])
@@ -220,15 +222,29 @@ def _drop_files(db: sqlite3.Connection, checkpoint_ids: list[str]) -> int:
         "DELETE FROM checkpoint_files WHERE checkpoint_id IN (SELECT value FROM json_each(?))",
         (ids,),
     )
-    return _unreferenced_bytes(db, contents)
+    return _unreferenced_bytes(db, entity, contents)
 
 
-def _unreferenced_bytes(db: sqlite3.Connection, contents: list[str]) -> int:
+def _unreferenced_bytes(db: sqlite3.Connection, entity: str, contents: list[str]) -> int:
+    # Scoped to the entity, like `usage`: whether another entity holds the same content must not
+    # show in an answer (it would tell who holds a given file).
     (freed,) = db.execute(
         "SELECT COALESCE(SUM(size_bytes), 0) FROM blobs "
         "WHERE sha256 IN (SELECT value FROM json_each(?)) AND NOT EXISTS "
-        "(SELECT 1 FROM checkpoint_files f WHERE f.sha256 = blobs.sha256)",
-        (orjson.dumps(contents).decode(),),
+        "(SELECT 1 FROM checkpoint_files f WHERE f.entity = ? AND f.sha256 = blobs.sha256)",
+        (orjson.dumps(contents).decode(), entity),
+    ).fetchone()
+    return int(freed)
+
+
+def _bytes_freed_by(db: sqlite3.Connection, entity: str, checkpoint_ids: list[str]) -> int:
+    """What deleting these checkpoints would free (a dry run): `_drop_files`'s answer, unchanged."""
+    (freed,) = db.execute(
+        "SELECT COALESCE(SUM(size_bytes), 0) FROM (SELECT DISTINCT sha256, size_bytes "
+        "FROM checkpoint_files WHERE checkpoint_id IN (SELECT value FROM json_each(:ids))) d "
+        "WHERE NOT EXISTS (SELECT 1 FROM checkpoint_files f WHERE f.entity = :entity "
+        "AND f.sha256 = d.sha256 AND f.checkpoint_id NOT IN (SELECT value FROM json_each(:ids)))",
+        {"ids": orjson.dumps(checkpoint_ids).decode(), "entity": entity},
     ).fetchone()
     return int(freed)
 
@@ -244,7 +260,7 @@ def _best_steps(db: sqlite3.Connection, model_id: str, rule: BestRule, limit: in
 
 
 def _delete_checkpoints(
-    db: sqlite3.Connection, model_id: str, ids: list[str]
+    db: sqlite3.Connection, entity: str, model_id: str, ids: list[str]
 ) -> tuple[list[int], int]:
     """Move the live checkpoints with these ids to the tombstones, their files gone with them; the
     steps they had and the stored bytes no live file references any more."""
@@ -256,7 +272,7 @@ def _delete_checkpoints(
     if not gone:
         return [], 0
     steps = [int(step) for step, _, _ in gone]
-    freed = _drop_files(db, [str(id_) for _, _, id_ in gone])
+    freed = _drop_files(db, entity, [str(id_) for _, _, id_ in gone])
     params = (model_id, orjson.dumps(steps).decode())
     live = "model_id = ? AND step IN (SELECT value FROM json_each(?))"
     db.execute(
@@ -487,6 +503,36 @@ class SQLiteStorage:
             raise ModelNotFound()
         return _model(row)
 
+    async def model_summary(self, entity: str, model_id: str) -> ModelSummary:
+        with self._reading() as db:
+            db.execute("BEGIN")  # counts of checkpoints and of files from one snapshot
+            try:
+                _require_live_model(db, entity, model_id)
+                count, latest, updated = db.execute(
+                    "SELECT COUNT(*), MAX(step), MAX(updated_at) FROM checkpoints WHERE model_id = ?",
+                    (model_id,),
+                ).fetchone()
+                files, logical = db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM checkpoint_files "
+                    "WHERE model_id = ?",
+                    (model_id,),
+                ).fetchone()
+                (stored,) = db.execute(
+                    "SELECT COALESCE(SUM(size_bytes), 0) FROM (SELECT DISTINCT sha256, size_bytes "
+                    "FROM checkpoint_files WHERE model_id = ?)",
+                    (model_id,),
+                ).fetchone()
+            finally:
+                db.execute("COMMIT")
+        return ModelSummary(
+            int(count),
+            None if latest is None else int(latest),
+            None if updated is None else parse_timestamp(updated),
+            int(files),
+            int(logical),
+            int(stored),
+        )
+
     async def list_models(
         self, entity: str, *, project: str | None, after: str | None, limit: int, order: Order
     ) -> ModelPage:
@@ -714,7 +760,7 @@ class SQLiteStorage:
                     (model_id, candidates),
                 )
             ]
-            return set(_delete_checkpoints(db, model_id, ids)[0])
+            return set(_delete_checkpoints(db, entity, model_id, ids)[0])
 
         deleted = await self.writer.run(write)
         return DeleteResult(len(deleted), rules.not_found_steps(requested, deleted))
@@ -777,8 +823,13 @@ class SQLiteStorage:
 
         if dry_run:
             with self._reading() as db:
-                decided = plan(db)
-            return RetentionResult(decided.kept_steps, [step for step, _ in decided.deleted])
+                db.execute("BEGIN")  # the plan and its bytes from one snapshot
+                try:
+                    decided = plan(db)
+                    freed = _bytes_freed_by(db, entity, [id_ for _, id_ in decided.deleted])
+                finally:
+                    db.execute("COMMIT")
+            return RetentionResult(decided.kept_steps, [step for step, _ in decided.deleted], freed)
         decided = await self.writer.run(plan)
         # Deleted in bounded transactions, by id: a checkpoint registered meanwhile (even at a
         # step that was just deleted) is never in the plan, and a step someone else deleted
@@ -790,13 +841,50 @@ class SQLiteStorage:
 
             def delete_batch(db: sqlite3.Connection, ids: list[str] = ids) -> tuple[list[int], int]:
                 _require_live_model(db, entity, model_id)
-                return _delete_checkpoints(db, model_id, ids)
+                return _delete_checkpoints(db, entity, model_id, ids)
 
             steps, freed_now = await self.writer.run(delete_batch)
             deleted.extend(steps)
             freed += freed_now
             await asyncio.sleep(BATCH_PAUSE_SECONDS)
         return RetentionResult(decided.kept_steps, sorted(deleted), freed)
+
+    async def metric_series(
+        self,
+        entity: str,
+        model_id: str,
+        metric: str,
+        *,
+        points: int,
+        step_min: int,
+        step_max: int,
+    ) -> MetricSeries:
+        with self._reading() as db:
+            _require_live_model(db, entity, model_id)
+        if not rules.storable(metric):
+            return MetricSeries(0, [])
+
+        def read() -> list[tuple[int, float]]:
+            # On a thread with its own connection: 100,000 rows take ~40 ms to read, which the
+            # event loop (and every other request) would otherwise wait for.
+            db = self.connect(self.path)
+            try:
+                return db.execute(
+                    "SELECT step, value FROM checkpoint_metrics "
+                    "WHERE model_id = ? AND name = ? AND step BETWEEN ? AND ? ORDER BY step",
+                    (model_id, metric, step_min, step_max),
+                ).fetchall()
+            finally:
+                db.close()
+
+        try:
+            rows = await asyncio.to_thread(read)
+        except sqlite3.Error as exc:
+            error = unavailable(exc)
+            if error is None:
+                raise
+            raise error from exc
+        return MetricSeries(len(rows), rules.downsample_series(rows, points))
 
     async def purge_tombstones(self, older_than: datetime) -> int:
         cutoff, now = format_timestamp(older_than), _now()
