@@ -3,6 +3,7 @@ valid and invalid input; no answer may be a 5xx or differ from what the document
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections import Counter
@@ -11,7 +12,7 @@ from typing import Any
 
 import httpx
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -36,6 +37,9 @@ CHECKS = [
 EXAMPLES = 16
 BAD_KEY_EXAMPLES = 8
 BAD_KEY = "ckpt_this-key-was-never-issued"
+# The same cases on every run, so that CI passes or fails for a reason; run other ones with
+# CKPT_FUZZ_SEED=N (docs/reliability.md).
+SEED = int(os.environ.get("CKPT_FUZZ_SEED", "0"))
 
 
 # The one narrow exclusion. A body that is not parseable JSON (invalid UTF-8, a 5,000-digit integer,
@@ -151,11 +155,11 @@ def fuzz_operation(
         max_examples=fuzz.examples,
         deadline=None,
         database=None,
-        derandomize=False,
         phases=[Phase.explicit, Phase.generate, Phase.shrink],
         suppress_health_check=list(HealthCheck),
         print_blob=False,
     )
+    @seed(SEED)
     @given(case=strategy)
     def run(case: schemathesis.Case) -> None:
         findings.cases[label] += 1
