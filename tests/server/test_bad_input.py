@@ -388,3 +388,24 @@ def test_fuzzed_requests_never_get_a_5xx(api: httpx.Client, model_id: str) -> No
         state = after
         if model_id not in state:  # the fuzz never deletes models, so this would be a bug
             raise AssertionError("the model disappeared")
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/preview/models/{model}/checkpoints/{checkpoint}/files", "after"),
+        ("/preview/models", "after"),
+        ("/preview/models/{model}/checkpoints/best", "metric"),
+    ],
+)
+def test_query_text_no_database_can_hold_is_422(
+    api: httpx.Client, seeded: str, path: str, name: str
+) -> None:
+    """Found by tests/server/test_fuzz.py: `files?after=%00` was a 500 on PostgreSQL, which refuses
+    NUL in text. Query text is held to the rule body text is held to."""
+    checkpoint = api.get(checkpoints(seeded)).json()["first_id"]
+    url = path.format(model=seeded, checkpoint=checkpoint)
+    for value in ("a\x00b", "\x00"):
+        response = api.get(url, params={"metric": "loss", name: value})
+        assert response.status_code == 422, f"{name}={value!r}: {response.text}"
+        assert_validation_error(response, ["query", name])

@@ -16,7 +16,7 @@ from ...contract import CHECKPOINTS_PATH, FILES_LIMIT_DEFAULT, FILES_LIMIT_MAX
 from ..auth import Entity, StorageDep
 from ..limits import STREAMED, request_body
 from ..responses import JSONBytes
-from ..schemas import MODEL_ERRORS, ErrorDetail, FileList, FileResponse
+from ..schemas import MODEL_ERRORS, ErrorDetail, FileList, FileResponse, Storable
 from ..transfers import (
     BlobsDep,
     SettingsDep,
@@ -50,8 +50,11 @@ async def list_files(
     checkpoint_id: str,
     entity: Entity,
     storage: StorageDep,
+    # Storable: PostgreSQL refuses a NUL in text (a 500 found by tests/server/test_fuzz.py), so
+    # such a cursor is a 422 on both databases, as the same text in a body is.
     after: Annotated[
-        str | None, Query(description="Cursor for pagination - the last path of the previous page")
+        Annotated[str, Storable] | None,
+        Query(description="Cursor for pagination - the last path of the previous page"),
     ] = None,
     limit: Annotated[
         int, Query(ge=1, le=FILES_LIMIT_MAX, description="Number of files to return")

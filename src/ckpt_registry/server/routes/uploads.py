@@ -123,7 +123,19 @@ def _offset_headers(offset: int) -> dict[str, str]:
     return {"Upload-Offset": str(offset), "Cache-Control": "no-store"}
 
 
-@router.head("/{upload_id}", summary="Upload Offset", responses=MODEL_ERRORS)
+@router.head(
+    "/{upload_id}",
+    summary="Upload Offset",
+    # No body: the answer is the Upload-Offset header (documented as JSON before, which it never was).
+    response_class=Response,
+    responses={
+        **MODEL_ERRORS,
+        200: {
+            "description": "Where to continue: the bytes received so far",
+            "headers": {"Upload-Offset": {"schema": {"type": "integer", "minimum": 0}}},
+        },
+    },
+)
 async def upload_offset(
     upload_id: str, entity: Entity, storage: StorageDep, blobs: BlobsDep
 ) -> Response:
