@@ -26,7 +26,7 @@ from .limits import BodyLimit, BodyLimits, BodySizeLimit
 from .metrics import Metrics
 from .observe import RequestLayer
 from .openapi import install_openapi
-from .routes import checkpoints, files, models, service, uploads, usage
+from .routes import checkpoints, files, hub, models, service, uploads, usage
 from .settings import Settings
 
 log = logging.getLogger("ckpt_registry")
@@ -41,6 +41,8 @@ ROUTERS = (
     uploads.router,
     usage.router,
     service.router,
+    # Last: its `/{project}/{name}/resolve/...` paths must never shadow one of ours.
+    hub.router,
 )
 
 
