@@ -249,6 +249,7 @@ def test_the_hub_client_against_the_server(hub: Hub) -> None:
     if hub.blob_store == "local":  # listing is the database's work: once per database is enough
         check_a_long_tree_comes_in_pages(hub)
     check_another_entitys_model_answers_exactly_as_an_unknown_one(hub)
+    check_malformed_requests_are_refused_not_failed(hub)
 
 
 REVISIONS = {
@@ -463,3 +464,26 @@ def check_a_long_tree_comes_in_pages(hub: Hub) -> None:
     folders = [entry["path"] for entry in tree if entry["type"] == "directory"]
     assert folders == ["a", "a/zz"]
     assert [entry["path"] for entry in tree if entry["type"] == "file"] == paths
+
+
+def check_malformed_requests_are_refused_not_failed(hub: Hub) -> None:
+    """Input no client sends (NUL, invalid UTF-8, `..`, a forged cursor) is a 4xx, never a 5xx."""
+    answers = {}
+    with httpx.Client(base_url=hub.root, headers={"Authorization": f"Bearer {hub.key}"}) as http:
+        for path in (
+            "/api/models/team/agent-7/revision/best-%00",
+            "/api/models/team/agent-7/revision/%ff",
+            "/api/models/team/agent-7/revision/" + "x" * 5000,
+            "/api/models/team/agent-7/tree/main/extra%2F..%2Fstep.txt",
+            "/api/models/team/agent-7/tree/main?recursive=true&cursor=%00",
+            "/api/models/team/agent-7/refs",
+            "/api/models/team%00/agent-7",
+            "/api/models/a--b/c",
+            "/team/agent-7/resolve/main/extra/%2E%2E/step.txt",
+            "/team/agent-7/resolve/main/%ff",
+            "/team/agent-7/resolve/best-%00/step.txt",
+            "/team/agent-7/resolve/main",
+        ):
+            answers[path] = http.get(path).status_code
+    failed = {path: status for path, status in answers.items() if not 400 <= status < 500}
+    assert not failed

@@ -206,6 +206,8 @@ async def _tree(
         # One page of files per request, with the Hub's Link header to the next: the cursor is the
         # last path listed. A folder is listed before its first file, on the page that holds it.
         cursor = request.query_params.get("cursor")
+        if cursor is not None and file_path_problem(cursor) is not None:
+            raise HubError(400, None, "cursor: use the Link header's URL as it is")
         after = cursor if cursor is not None else (prefix or None)
         page = await storage.list_files(
             entity, model_id, checkpoint_id, after=after, limit=FILES_LIMIT_MAX
