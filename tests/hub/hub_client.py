@@ -41,12 +41,29 @@ def _tensor_digests(model: torch.nn.Module) -> dict[str, str]:
 
 @op
 def save_tiny_model(folder: str) -> None:
-    """A GPT-2 of two layers and tiny dimensions built from its config (nothing downloaded)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """A GPT-2 of two layers and tiny dimensions built from its config, and a tokenizer (nothing
+    downloaded)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=64)
     GPT2LMHeadModel(config).save_pretrained(folder)
+    # A word-level tokenizer made on the spot: the files a trainer saves beside the weights.
+    words = ["hello", "world", "the", "checkpoint", "registry", "loads"]
+    tokenizer = Tokenizer(
+        models.WordLevel({"[UNK]": 0} | {w: i + 1 for i, w in enumerate(words)}, "[UNK]")
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]").save_pretrained(folder)
+
+
+@op
+def tokenize(repo_id: str, text: str, revision: str | None = None) -> list[int]:
+    from transformers import AutoTokenizer
+
+    ids: list[int] = AutoTokenizer.from_pretrained(repo_id, revision=revision).encode(text)
+    return ids
 
 
 @op

@@ -292,6 +292,10 @@ def check_revision_by_checkpoint_id_and_by_commit(hub: Hub) -> None:
 def check_from_pretrained_loads_the_uploaded_weights(hub: Hub) -> None:
     local = hub.client.call("local_weights", folder=str(hub.model_folder))
     assert hub.client.call("from_pretrained", repo_id="team/agent-7", revision="step-2") == local
+    text = "the registry loads the checkpoint"
+    tokens = hub.client.call("tokenize", repo_id="team/agent-7", revision="step-2", text=text)
+    assert tokens == hub.client.call("tokenize", repo_id=str(hub.model_folder), text=text)
+    assert 0 not in tokens  # every word known: the uploaded vocabulary, not a stand-in
     # By model id as well as by name.
     model_id = hub.client.call("model_info", repo_id="team/agent-7")["ckpt"]["model_id"]
     assert hub.client.call("from_pretrained", repo_id=model_id) == local
