@@ -384,6 +384,19 @@ def check_commit_changes_with_the_files_and_the_old_one_is_gone(hub: Hub) -> Non
     assert hub.client.error("model_info", repo_id="team/changing", revision=before["commit"]) == (
         "RevisionNotFoundError"
     )
+    # A deleted checkpoint's revisions are gone, and a deleted model's repository.
+    with hub.api() as api:
+        second = _register(api, model_id, 2, {})
+        response = api.request("DELETE", f"/models/{model_id}/checkpoints", json={"steps": [1]})
+        assert response.json()["deleted_count"] == 1
+        for revision in ("step-1", checkpoint_id, after["commit"]):
+            assert hub.client.error("model_info", repo_id="team/changing", revision=revision) == (
+                "RevisionNotFoundError"
+            )
+        info = hub.client.call("model_info", repo_id="team/changing")
+        assert (info["ckpt"]["checkpoint_id"], info["siblings"]) == (second, {})
+        assert api.delete(f"/models/{model_id}").status_code == 200
+    assert hub.client.error("model_info", repo_id="team/changing") == "RepositoryNotFoundError"
 
 
 def check_errors_are_the_clients_own(hub: Hub) -> None:

@@ -116,10 +116,12 @@ async def _all_files(
 
 async def _snapshot(storage: Storage, entity: str, ref: RepoRef, revision: str) -> Snapshot:
     model = await _model(storage, entity, ref)
-    checkpoint = await _checkpoint(storage, entity, model, revision)
     try:
+        checkpoint = await _checkpoint(storage, entity, model, revision)
         files = await _all_files(storage, entity, model.id, checkpoint.id)
-    except CheckpointNotFound:  # deleted in between
+    except ModelNotFound:  # deleted in between
+        raise HubError.repo_not_found() from None
+    except CheckpointNotFound:
         raise HubError.revision_not_found(revision) from None
     commit = commit_sha(checkpoint.id, files)
     parsed = parse_revision(revision)
