@@ -111,7 +111,7 @@ def snapshot_download(repo_id: str, revision: str | None = None, **kwargs: Any) 
     files = {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in Path(folder).rglob("*")
-        if path.is_file()
+        if path.is_file() and path.relative_to(folder).parts[0] != ".cache"  # local_dir metadata
     }
     return {"folder": folder, "commit": Path(folder).name, "files": files}
 

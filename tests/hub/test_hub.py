@@ -237,6 +237,7 @@ def test_the_hub_client_against_the_server(hub: Hub) -> None:
     """One test per server: under pytest-xdist, tests sharing a module fixture on two workers would
     each start a server and a client (~10 s of imports each)."""
     check_snapshot_download_by_revision(hub)
+    check_snapshot_into_a_folder(hub)
     check_revision_by_checkpoint_id_and_by_commit(hub)
     check_from_pretrained_loads_the_uploaded_weights(hub)
     check_peft_adapter_loads_through_the_hub_surface(hub)
@@ -273,6 +274,17 @@ def check_snapshot_download_by_revision(hub: Hub) -> None:
         assert snapshot["commit"] == info["sha"]
         assert info["ckpt"]["step"] == step
         assert info["ckpt"]["checkpoint_id"] == hub.checkpoints[step]
+
+
+def check_snapshot_into_a_folder(hub: Hub) -> None:
+    """`local_dir=`, as serving setups download: twice, the second time checked against the
+    server's ETags and left alone."""
+    folder = str(hub.model_folder.parent / "served")
+    for _ in range(2):
+        snapshot = hub.client.call(
+            "snapshot_download", repo_id="team/agent-7", revision="step-2", local_dir=folder
+        )
+        assert snapshot["files"] == hub.uploaded[2]
 
 
 def check_revision_by_checkpoint_id_and_by_commit(hub: Hub) -> None:
