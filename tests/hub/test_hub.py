@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -41,7 +42,11 @@ STEPS = {
     2: {"eval_loss": 0.5, "eval/loss": 0.5, "accuracy": 0.3},
     3: {"eval_loss": 0.7, "eval/loss": 0.7, "accuracy": 0.2},
 }
-NESTED = {"extra/notes/readme.md": b"# notes\n", "extra/run.json": b'{"seed": 0}\n'}
+NESTED = {
+    "extra/notes/readme.md": b"# notes\n",
+    "extra/run.json": b'{"seed": 0}\n',
+    "notes café #1.md": b"percent-encoded in the URL\n",
+}
 
 
 class HubClient:
@@ -127,7 +132,7 @@ def _upload(api: httpx.Client, model_id: str, checkpoint_id: str, files: dict[st
     """Plain PUTs of the contract's files route, as any HTTP client can send them."""
     for path, data in files.items():
         response = api.put(
-            f"/models/{model_id}/checkpoints/{checkpoint_id}/files/{path}", content=data
+            f"/models/{model_id}/checkpoints/{checkpoint_id}/files/{quote(path)}", content=data
         )
         assert response.status_code == 201, response.text
 
