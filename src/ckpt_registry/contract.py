@@ -58,6 +58,8 @@ FILES_LIMIT_MAX: Final = 1000
 FILES_LIMIT_DEFAULT: Final = 1000
 UPLOADS_PATH: Final = API_PREFIX + "/preview/uploads"
 USAGE_PATH: Final = API_PREFIX + "/preview/usage"
+# The Hugging Face Hub's repository API (docs/hub.md); its file resolution is `/{repo}/resolve/...`.
+HUB_API_PATH: Final = "/api/models"
 
 
 def file_path_problem(path: str) -> str | None:

@@ -239,6 +239,13 @@ def drive_every_route(api: httpx.Client, name: str = "every-route") -> dict[str,
     assert api.get(files).status_code == 200
     assert api.head(f"{files}/model.bin").status_code == 200
     assert api.get(f"{files}/model.bin").content == data
+    # The Hub download surface (docs/hub.md), outside /v1: by name and by model id.
+    hub = str(api.base_url).rstrip("/").removesuffix("/v1")
+    assert api.get(f"{hub}/api/models/proj/{name}/revision/step-1").status_code == 200
+    assert api.get(f"{hub}/api/models/{model}/tree/step-1").status_code == 200
+    for repo in (f"proj/{name}", model):
+        assert api.head(f"{hub}/{repo}/resolve/step-1/model.bin").status_code == 200
+        assert api.get(f"{hub}/{repo}/resolve/step-1/model.bin").content == data
     transfers = api.post(
         f"/preview/models/{model}/checkpoints/{checkpoint}/transfers",
         json={

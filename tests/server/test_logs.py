@@ -13,10 +13,14 @@ import pytest
 
 from ckpt_registry.contract import CHECKPOINTS_PATH
 from ckpt_registry.keys import generate_key
+from ckpt_registry.server.routes import hub
 from tests import pg
 from tests.conftest import add_key
 
 from .helpers import AUTHENTICATED, create_model, drive_every_route, register
+
+# The Hub download surface lives outside /v1, at the paths its client uses (docs/hub.md).
+HUB_ROUTES = {route.path for route in hub.router.routes}  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -65,10 +69,11 @@ def test_no_line_holds_a_key_or_the_authorization_header_after_every_endpoint(
     assert len(access) > 2 * len(AUTHENTICATED)
     for line in access:
         assert set(line) >= {"time", "level", "request_id", "method", "route", "status"}
-        # A template: of the API, of the dashboard's pages, or none.
-        assert line["route"].startswith(("/v1/", "/dashboard/")) or line["route"] in (
-            "/",
-            "unmatched",
+        # A template: of the API, of the dashboard's pages, of the Hub's paths, or none.
+        assert (
+            line["route"].startswith(("/v1/", "/dashboard/"))
+            or line["route"] in HUB_ROUTES
+            or line["route"] in ("/", "unmatched")
         )
         assert model not in line["route"]  # the template, not the path
         assert isinstance(line["duration_ms"], float)

@@ -280,3 +280,20 @@ async def test_a_deleted_models_id_still_works_as_a_cursor(storage: Storage) -> 
     )
 
     assert (page.data, page.has_more) == (expected[2:], False)
+
+
+async def test_a_model_is_found_by_its_name_only_live_and_only_in_its_entity(
+    storage: Storage, model: Model
+) -> None:
+    assert await storage.get_model_by_name(ENTITY, model.project, model.name) == model
+    gone, _ = await storage.create_model(ENTITY, "proj", "gone", "base", return_existing=False)
+    await storage.delete_model(ENTITY, gone.id)
+    for entity, project, name in [
+        (OTHER_ENTITY, model.project, model.name),
+        (ENTITY, "other-proj", model.name),
+        (ENTITY, model.project, "no-such-model"),
+        (ENTITY, "proj", "gone"),
+        (ENTITY, "proj", "nul\x00"),
+    ]:
+        with pytest.raises(ModelNotFound):
+            await storage.get_model_by_name(entity, project, name)

@@ -27,7 +27,7 @@ from .limits import BodyLimit, BodyLimits, BodySizeLimit
 from .metrics import Metrics
 from .observe import RequestLayer
 from .openapi import install_openapi
-from .routes import checkpoints, files, models, service, uploads, usage
+from .routes import checkpoints, files, hub, models, service, uploads, usage
 from .settings import Settings
 
 log = logging.getLogger("ckpt_registry")
@@ -43,6 +43,8 @@ ROUTERS = (
     usage.router,
     service.router,
     dashboard.router,  # `/` and `/dashboard/...`: the browser's page, outside `/v1`
+    # Last: its `/{project}/{name}/resolve/...` paths must never shadow one of ours.
+    hub.router,
 )
 
 

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from ..blobs import errors as blob_errors
 from ..storage import errors as storage_errors
 from .auth import AuthenticationFailed
+from .hub import HubError
 from .responses import JSONBytes
 
 STATUS_BY_ERROR: dict[type[storage_errors.StorageError], int] = {
@@ -133,7 +134,35 @@ async def _http_exception(_: Request, exc: Exception) -> Response:
     return JSONBytes({"detail": exc.detail}, exc.status_code, headers=headers)
 
 
+# Fixed texts for `X-Error-Message` (a header holds no arbitrary text); the body says more.
+_HUB_ERROR_MESSAGES = {
+    "RepoNotFound": "Repository not found",
+    "RevisionNotFound": "Revision not found",
+    "EntryNotFound": "Entry not found",
+}
+
+
+def hub_error_response(exc: HubError) -> Response:
+    """The Hub's error shape: `{"error": ...}` with `X-Error-Code`, which `huggingface_hub` turns
+    into RepositoryNotFoundError, RevisionNotFoundError or EntryNotFoundError."""
+    headers: dict[str, str] = {}
+    if exc.code is not None:
+        headers["X-Error-Code"] = exc.code
+        headers["X-Error-Message"] = _HUB_ERROR_MESSAGES[exc.code]
+    if exc.commit is not None:
+        headers["X-Repo-Commit"] = exc.commit
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONBytes({"error": exc.message}, exc.status, headers=headers)
+
+
+async def _hub_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HubError)
+    return hub_error_response(exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(HubError, _hub_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(storage_errors.StorageError, _storage_error)
     app.add_exception_handler(AuthenticationFailed, _authentication_failed)

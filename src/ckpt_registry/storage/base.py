@@ -228,6 +228,10 @@ class Storage(Protocol):
 
     async def get_model(self, entity: str, model_id: str) -> Model: ...
 
+    async def get_model_by_name(self, entity: str, project: str, name: str) -> Model:
+        """The entity's live model of that project and name; `ModelNotFound` otherwise."""
+        ...
+
     async def list_models(
         self, entity: str, *, project: str | None, after: str | None, limit: int, order: Order
     ) -> ModelPage:

@@ -329,6 +329,24 @@ class PostgresStorage:
             raise ModelNotFound()
         return _model(row)
 
+    async def get_model_by_name(self, entity: str, project: str, name: str) -> Model:
+        if not rules.storable(entity, project, name):
+            raise ModelNotFound()
+
+        async def work(connection: Connection) -> Any:
+            return await connection.fetchrow(
+                f"SELECT {MODEL_COLUMNS} FROM models "
+                "WHERE entity = $1 AND project = $2 AND name = $3 AND deleted_at IS NULL",
+                entity,
+                project,
+                name,
+            )
+
+        row = await self.pool.run(work, idempotent=True)
+        if row is None:
+            raise ModelNotFound()
+        return _model(row)
+
     async def list_models(
         self, entity: str, *, project: str | None, after: str | None, limit: int, order: Order
     ) -> ModelPage:

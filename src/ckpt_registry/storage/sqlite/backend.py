@@ -533,6 +533,19 @@ class SQLiteStorage:
             int(stored),
         )
 
+    async def get_model_by_name(self, entity: str, project: str, name: str) -> Model:
+        if not rules.storable(entity, project, name):
+            raise ModelNotFound()
+        with self._reading() as db:
+            row = db.execute(
+                f"SELECT {_MODEL_COLUMNS} FROM models "
+                "WHERE entity = ? AND project = ? AND name = ? AND deleted_at IS NULL",
+                (entity, project, name),
+            ).fetchone()
+        if row is None:
+            raise ModelNotFound()
+        return _model(row)
+
     async def list_models(
         self, entity: str, *, project: str | None, after: str | None, limit: int, order: Order
     ) -> ModelPage:
