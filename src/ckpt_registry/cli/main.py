@@ -113,6 +113,42 @@ def cli() -> None:
     help="Prometheus metrics: off, on (GET /metrics on --port) or a port to serve them on "
     "alone (env CKPT_METRICS).",
 )
+@click.option(
+    "--header-timeout",
+    envvar="CKPT_HEADER_TIMEOUT_SECONDS",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="Seconds a request's headers may take to arrive; 408 and closed after "
+    "(env CKPT_HEADER_TIMEOUT_SECONDS).",
+)
+@click.option(
+    "--min-body-rate",
+    envvar="CKPT_MIN_BODY_RATE",
+    default=240.0,
+    show_default=True,
+    type=float,
+    help="Bytes per second a request body must average after the grace period; 408 and "
+    "closed below; 0 turns it off (env CKPT_MIN_BODY_RATE).",
+)
+@click.option(
+    "--body-rate-grace",
+    envvar="CKPT_BODY_RATE_GRACE_SECONDS",
+    default=5.0,
+    show_default=True,
+    type=float,
+    help="Seconds a body may arrive slower than --min-body-rate "
+    "(env CKPT_BODY_RATE_GRACE_SECONDS).",
+)
+@click.option(
+    "--max-connections",
+    envvar="CKPT_MAX_CONNECTIONS",
+    default=1000,
+    show_default=True,
+    type=int,
+    help="Open connections per server process; more get 503 with Retry-After "
+    "(env CKPT_MAX_CONNECTIONS).",
+)
 def serve(
     database_url: str,
     blob_url: str | None,
@@ -122,6 +158,10 @@ def serve(
     access_log: bool,
     log_format: str,
     metrics: str,
+    header_timeout: float,
+    min_body_rate: float,
+    body_rate_grace: float,
+    max_connections: int,
 ) -> None:
     """Migrate the database, make a first key if there is none, and serve the API."""
     from ..server import Settings
@@ -137,6 +177,10 @@ def serve(
         CKPT_ACCESS_LOG="true" if access_log else "false",
         CKPT_LOG_FORMAT=log_format,
         CKPT_METRICS=metrics,
+        CKPT_HEADER_TIMEOUT_SECONDS=str(header_timeout),
+        CKPT_MIN_BODY_RATE=str(min_body_rate),
+        CKPT_BODY_RATE_GRACE_SECONDS=str(body_rate_grace),
+        CKPT_MAX_CONNECTIONS=str(max_connections),
     )
     try:
         settings = Settings()

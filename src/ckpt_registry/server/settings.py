@@ -63,6 +63,26 @@ class Settings(BaseSettings):
     pg_connect_timeout: float = Field(default=5.0, gt=0)
     pg_statement_timeout: float = Field(default=10.0, gt=0)
 
+    header_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="a request's headers must all arrive within this time; 408 and closed otherwise",
+    )
+    min_body_rate: float = Field(
+        default=240.0,
+        ge=0,
+        description="bytes a second a request body must arrive at, on average, once the grace "
+        "period has passed; 408 and closed otherwise; 0: no minimum",
+    )
+    body_rate_grace_seconds: float = Field(
+        default=5.0, ge=0, description="how long a body may arrive slower than min_body_rate"
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="open connections per server process; more get 503 with Retry-After",
+    )
+
     metrics: str = Field(
         default="on",
         description="Prometheus metrics: off, on (GET /metrics on the API's port) or a port "
