@@ -149,6 +149,21 @@ def cli() -> None:
     help="Open connections per server process; more get 503 with Retry-After "
     "(env CKPT_MAX_CONNECTIONS).",
 )
+@click.option(
+    "--rate-limit",
+    envvar="CKPT_RATE_LIMIT",
+    default=None,
+    help="Requests each API key may make per server process, such as 10/s, 600/min or 5000/h; "
+    "429 with Retry-After above (env CKPT_RATE_LIMIT; default: no limit).",
+)
+@click.option(
+    "--rate-limit-burst",
+    envvar="CKPT_RATE_LIMIT_BURST",
+    default=None,
+    type=int,
+    help="Requests a key may make at once before the rate applies (env CKPT_RATE_LIMIT_BURST; "
+    "default: the rate's number).",
+)
 def serve(
     database_url: str,
     blob_url: str | None,
@@ -162,6 +177,8 @@ def serve(
     min_body_rate: float,
     body_rate_grace: float,
     max_connections: int,
+    rate_limit: str | None,
+    rate_limit_burst: int | None,
 ) -> None:
     """Migrate the database, make a first key if there is none, and serve the API."""
     from ..server import Settings
@@ -169,6 +186,10 @@ def serve(
 
     if blob_url:
         os.environ["CKPT_BLOB_URL"] = blob_url
+    if rate_limit:
+        os.environ["CKPT_RATE_LIMIT"] = rate_limit
+    if rate_limit_burst is not None:
+        os.environ["CKPT_RATE_LIMIT_BURST"] = str(rate_limit_burst)
     os.environ.update(
         CKPT_DATABASE_URL=database_url,
         CKPT_HOST=host,
