@@ -67,6 +67,9 @@ def run_server(settings: Settings) -> None:
             port=settings.port,
             workers=settings.workers,
             http=protocol,
+            # No route speaks WebSocket; an upgrade would also hand the connection to a protocol
+            # the slow-client watch does not follow.
+            ws="none",
             access_log=False,
             log_config=log_config(settings.log_format),
         )
