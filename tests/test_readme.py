@@ -17,7 +17,7 @@ BLOCKS = re.findall(r"<!-- readme-test -->\n```(\w+)\n(.*?)```", README, re.DOTA
 
 
 def test_the_readme_has_runnable_examples() -> None:
-    assert [language for language, _ in BLOCKS] == ["bash", "bash", "bash", "python"]
+    assert [language for language, _ in BLOCKS] == ["bash", "bash", "bash", "python", "python"]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -40,8 +40,10 @@ def test_the_readme_examples_run(server: RunningServer, api_key: str, tmp_path: 
     assert '{"model_type": "gpt2"}' not in ran.stdout
     assert "val/reward" in ran.stdout  # the CLI table shows metrics as columns
     assert '"deleted_steps":[200]' not in ran.stdout  # the dry run printed a table, not JSON
+    assert "Registered step 400" not in ran.stdout and "Found step 400" in ran.stdout
+    assert (tmp_path / "restored" / "config.json").read_bytes() == b'{"model_type": "gpt2"}'
 
-    (python,) = [code for language, code in BLOCKS if language == "python"]
+    python, pytorch = [code for language, code in BLOCKS if language == "python"]
     ran = subprocess.run(
         [sys.executable, "-c", python], env=env, capture_output=True, text=True, timeout=60
     )
@@ -53,3 +55,16 @@ def test_the_readme_examples_run(server: RunningServer, api_key: str, tmp_path: 
         "500 {'loss': 0.42}",
         "best: 200",
     ]
+
+    ran = subprocess.run(
+        [sys.executable, "-c", pytorch],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    (line,) = ran.stdout.splitlines()
+    assert re.fullmatch(r"restored step (10|20|30) files \['model.pt', 'optimizer.pt'\]", line)
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["model.pt", "optimizer.pt"]

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import click
+from rich.filesize import decimal
 
 from ..client import Client
 from ..client.resources.checkpoints import KeepBest
@@ -328,6 +329,9 @@ def retention(
     verb = "Would delete" if result.dry_run else "Deleted"
     out.print(f"{verb} {len(result.deleted_steps)} checkpoint(s): {_steps(result.deleted_steps)}")
     out.print(f"Kept {len(result.kept_steps)}: {_steps(result.kept_steps)}")
+    if not result.dry_run:
+        # Contents other checkpoints still use stay: only what nothing references is freed.
+        out.print(f"Freed {decimal(result.freed_bytes)} of file storage.")
 
 
 def _steps(steps: list[int]) -> str:

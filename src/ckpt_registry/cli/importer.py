@@ -179,7 +179,11 @@ def _print_report(report: ImportReport, folders: int, with_files: bool) -> None:
         line += f", {len(report.deleted)} left deleted"
     line += f" ({folders} checkpoint folders)."
     if with_files:
-        line += f" {sum(report.uploaded.values())} files uploaded."
+        held = sum(report.already_uploaded.values())
+        line += (
+            f" {sum(report.uploaded.values())} files uploaded"
+            f" ({held} of them already in the registry, no bytes sent)."
+        )
     console().print(line)
     err = console(stderr=True)
     if report.deleted:

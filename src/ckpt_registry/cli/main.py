@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from .checkpoints import checkpoints
+from .files import download, files, upload
 from .importer import import_group
 from .models import models
 
@@ -93,4 +94,6 @@ def cli() -> None:
 
 cli.add_command(models)
 cli.add_command(checkpoints)
+for _command in (upload, download, files):
+    checkpoints.add_command(_command)
 cli.add_command(import_group)

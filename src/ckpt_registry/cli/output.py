@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from pathlib import PurePath
 from typing import Any, Literal
 
 import click
@@ -164,6 +165,8 @@ def to_json(value: Any) -> Any:
         return {
             field.name: to_json(getattr(value, field.name)) for field in dataclasses.fields(value)
         }
+    if isinstance(value, PurePath):
+        return str(value)
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, list | tuple):

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ..contract import API_PREFIX
 from .errors import (
     APIConnectionError,
     APIError,
@@ -97,6 +98,8 @@ class APIRequest(Generic[T]):
     content: RequestContent | None = None
     headers: Mapping[str, str] | None = None
     stream: bool = False
+    # False for a presigned URL to a blob store: the API key goes to the registry only.
+    authenticated: bool = True
 
     def __post_init__(self) -> None:
         if self.json is not None and self.content is not None:
@@ -183,6 +186,13 @@ class BaseClient:
         }
 
     def _url(self, path: str) -> str:
+        """A path under the API (``preview/models``), or an ``href`` the server gave: an absolute
+        URL (presigned, to a blob store) or a path from the server's root (``/v1/preview/...``,
+        taken relative to ``base_url`` so a registry behind a path prefix still works)."""
+        if "://" in path:
+            return path
+        if path.startswith(API_PREFIX + "/"):
+            path = path.removeprefix(API_PREFIX)
         return f"{self.base_url}/{path.lstrip('/')}"
 
     def _build_request(
@@ -192,10 +202,15 @@ class BaseClient:
         return http.build_request(
             request.method,
             self._url(request.path),
-            params=params,
+            # None, not {}: merging even no parameters re-encodes a URL's query, which would break
+            # the signature of a presigned URL.
+            params=params or None,
             json=request.json,
             content=request.content,
-            headers={**self._headers, **(request.headers or {})},
+            headers={
+                **(self._headers if request.authenticated else {}),
+                **(request.headers or {}),
+            },
             timeout=self.timeout,
         )
 

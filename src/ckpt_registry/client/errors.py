@@ -2,6 +2,8 @@
 
 CkptError                       the root: anything this SDK raises on purpose (e.g. no API key)
  ├── InvalidIdError             an id that cannot be a URL path segment (e.g. "hf/run1"); no request
+ ├── FileIntegrityError         a downloaded file's bytes do not match its sha256 (nothing kept)
+ ├── FileConflictError          an upload would put other content at a path a checkpoint holds
  └── APIError                   a request to the registry failed
       ├── APIConnectionError    the server could not be reached, or the connection broke
       │    └── APITimeoutError  the request timed out
@@ -30,6 +32,8 @@ __all__ = [
     "AuthenticationError",
     "CkptError",
     "ConflictError",
+    "FileConflictError",
+    "FileIntegrityError",
     "InternalServerError",
     "InvalidIdError",
     "NotFoundError",
@@ -55,6 +59,33 @@ class InvalidIdError(CkptError, ValueError):
     """An id that cannot be sent as one URL path segment ('/', '.', '..', a sibling route's
     name): no request is made, since the server would route it elsewhere. The API's ids are
     UUIDs; a model is found by its name with ``client.models.find(project=..., name=...)``."""
+
+
+class FileIntegrityError(CkptError):
+    """A downloaded file's bytes do not hash to the sha256 the registry has for it. The partial
+    file is removed: nothing that looks complete is left behind."""
+
+    def __init__(self, path: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"{path}: the downloaded bytes have sha256 {actual}, the registry says {expected}; "
+            "the file was not kept"
+        )
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+
+
+class FileConflictError(CkptError):
+    """An upload names paths that already hold other content in the checkpoint; nothing was
+    sent. ``paths`` lists them."""
+
+    def __init__(self, paths: list[str]) -> None:
+        shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        super().__init__(
+            f"the checkpoint already has other content at {shown}: delete those files first, "
+            "or upload to another step"
+        )
+        self.paths = paths
 
 
 class APIError(CkptError):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
@@ -11,12 +12,17 @@ __all__ = [
     "CheckpointDetail",
     "CheckpointsDeleted",
     "DeletedStep",
+    "DownloadResult",
+    "FileInfo",
     "Model",
     "ModelDeleted",
     "Order",
     "RegisteredCheckpoint",
     "RetentionResult",
+    "SavedCheckpoint",
     "SortMode",
+    "TransferProgress",
+    "UploadResult",
 ]
 
 Order = Literal["asc", "desc"]
@@ -135,6 +141,84 @@ class RetentionResult:
             deleted_steps=list(body["deleted_steps"]),
             freed_bytes=body.get("freed_bytes", 0),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """A file of a checkpoint: its path in the checkpoint (``/``-separated), size and sha256."""
+
+    path: str
+    size_bytes: int
+    sha256: str
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> FileInfo:
+        return cls(path=body["path"], size_bytes=body["size_bytes"], sha256=body["sha256"])
+
+
+@dataclass(frozen=True, slots=True)
+class TransferProgress:
+    """How a transfer goes, given to a ``progress`` callback after each piece moves: the file
+    that moved (``path``, ``file_bytes`` of ``file_size`` so far; lower than before when a resume
+    starts again from an earlier offset) and the whole transfer (``bytes_done`` of
+    ``bytes_total``, ``files_done`` of ``files_total``). Files skipped are not counted."""
+
+    operation: Literal["upload", "download"]
+    path: str
+    file_bytes: int
+    file_size: int
+    bytes_done: int
+    bytes_total: int
+    files_done: int
+    files_total: int
+
+
+@dataclass(slots=True)
+class UploadResult:
+    """What an upload did: ``sent`` the paths whose bytes went over the network, ``skipped``
+    those that sent no byte (the checkpoint had them, or the entity held their content and the
+    server attached it), with their bytes; ``resumed`` maps a path to the offset its upload
+    continued from after a dropped connection."""
+
+    checkpoint_id: str
+    sent: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    bytes_sent: int = 0
+    bytes_skipped: int = 0
+    resumed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def files_sent(self) -> int:
+        return len(self.sent)
+
+    @property
+    def files_skipped(self) -> int:
+        return len(self.skipped)
+
+
+@dataclass(frozen=True, slots=True)
+class SavedCheckpoint:
+    """``checkpoints.save``: the checkpoint (files counted), how its step was registered
+    (``registered`` new, ``present`` with these metrics already, ``merged`` metrics it lacked
+    added) and what the upload did."""
+
+    checkpoint: CheckpointDetail
+    outcome: Literal["registered", "present", "merged"]
+    upload: UploadResult
+
+
+@dataclass(slots=True)
+class DownloadResult:
+    """What a download did: the checkpoint it chose, the folder, the paths fetched (each checked
+    against its sha256) and those ``skipped`` because the folder already had them, with their
+    bytes."""
+
+    checkpoint: CheckpointDetail
+    dest: Path
+    downloaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    bytes_downloaded: int = 0
+    bytes_skipped: int = 0
 
 
 def _metrics(raw: dict[str, Any]) -> dict[str, float]:

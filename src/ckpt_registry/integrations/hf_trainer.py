@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..client import Client, ConflictError, UnprocessableEntityError
+from ..client import Client, ConflictError, FileConflictError, UnprocessableEntityError
 from ..client.types import CheckpointDetail
-from ._upload import upload_folder
 
 __all__ = [
     "CorruptCheckpoint",
@@ -175,9 +174,10 @@ class ImportReport:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     #: Folders of steps deleted on the server (by a person or retention), left deleted.
     deleted: list[int] = field(default_factory=list)
-    #: With files: step -> number of files sent (files already there are sent again and
-    #: accepted as the same content).
+    #: With files: step -> files its checkpoint holds from the folder, and of those the ones
+    #: that sent no byte (the checkpoint had them, or the entity held the same content).
     uploaded: dict[int, int] = field(default_factory=dict)
+    already_uploaded: dict[int, int] = field(default_factory=dict)
     #: Registered steps with no checkpoint folder here (``save_total_limit`` removed it, say).
     not_on_disk: list[int] = field(default_factory=list)
     #: With files: registered steps that have no files on the server.
@@ -269,9 +269,11 @@ def _import_one(
     if not with_files:
         return None
     try:
-        report.uploaded[checkpoint.step] = upload_folder(
-            client, model_id, result.checkpoint.id, checkpoint.folder
+        sent = client.checkpoints.upload(
+            model_id, checkpoint.folder, checkpoint_id=result.checkpoint.id
         )
-    except (ConflictError, UnprocessableEntityError) as exc:
+    except (ConflictError, FileConflictError, UnprocessableEntityError) as exc:
         return f"files: {exc.message}"
+    report.uploaded[checkpoint.step] = sent.files_sent + sent.files_skipped
+    report.already_uploaded[checkpoint.step] = sent.files_skipped
     return None

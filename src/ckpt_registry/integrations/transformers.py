@@ -30,7 +30,6 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from ..client import CkptError, Client, NotFoundError
 from ..client.resources.checkpoints import KeepBest
-from ._upload import upload_folder
 from .hf_trainer import MetricConflict, metrics_from_history, register_or_merge, training_metrics
 
 __all__ = ["CkptRegistryCallback", "SendFailure"]
@@ -210,7 +209,9 @@ class CkptRegistryCallback(TrainerCallback):
             self.registered[step] = result.checkpoint.id
             if snapshot is not None:
                 try:
-                    upload_folder(self._client, self._model_id, result.checkpoint.id, snapshot)
+                    self._client.checkpoints.upload(
+                        self._model_id, snapshot, checkpoint_id=result.checkpoint.id
+                    )
                 except (CkptError, OSError) as exc:
                     self._fail(step, "upload", exc)
                     return

@@ -1,33 +1,58 @@
-"""``client.checkpoints``: list, register, read, update, delete and prune a model's checkpoints."""
+"""``client.checkpoints``: list, register, read, update, delete and prune a model's checkpoints, and
+move their files (the transfers themselves are in ``client/transfers.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+import builtins
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from os import PathLike
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
 from ...contract import DELETED_STEPS_LIMIT_DEFAULT, LIST_LIMIT_DEFAULT, LIST_ORDER_DEFAULT
 from .._base import APIRequest, path_segment
+from ..errors import CkptError
 from ..pagination import AsyncPaginator, CursorPage, PageBody
+from ..transfers import (
+    DEFAULT_PARALLEL,
+    ProgressCallback,
+    choose_checkpoint,
+    download_files,
+    list_files,
+    register_or_merge,
+    run_sync,
+    upload_files,
+)
 from ..types import (
     Checkpoint,
     CheckpointDetail,
     CheckpointsDeleted,
     DeletedStep,
+    DownloadResult,
+    FileInfo,
     Order,
     RegisteredCheckpoint,
     RetentionResult,
+    SavedCheckpoint,
     SortMode,
+    UploadResult,
 )
 
 if TYPE_CHECKING:
     from .._client import AsyncClient, Client
 
-__all__ = ["AsyncCheckpoints", "Checkpoints", "KeepBest"]
+__all__ = ["AsyncCheckpoints", "Best", "Checkpoints", "KeepBest", "LocalPath"]
 
 #: ``(metric, mode, k)``: keep the ``k`` best checkpoints by ``metric``.
 KeepBest = tuple[str, SortMode, int]
+#: ``(metric, mode)``: the best checkpoint by ``metric``, its highest (``"max"``) or lowest value.
+Best = tuple[str, SortMode]
+#: A local file or folder.
+LocalPath = str | PathLike[str]
+
+T = TypeVar("T")
 
 
 # Routes beside `.../checkpoints/{checkpoint_id}`: a checkpoint id can never be one of them.
@@ -265,6 +290,121 @@ class Checkpoints:
             _retention(model_id, keep_latest=keep_latest, keep_best=keep_best, dry_run=dry_run)
         )
 
+    # Files (weights) ---------------------------------------------------------------------------
+    # Each runs the AsyncClient's method on an event loop of its own (client/transfers.py).
+
+    def _transfer(self, call: Callable[[AsyncCheckpoints], Awaitable[T]]) -> T:
+        from .._client import AsyncClient
+
+        client = self._client
+
+        async def run() -> T:
+            async with AsyncClient(
+                api_key=client.api_key,
+                base_url=client.base_url,
+                timeout=client.timeout,
+                max_retries=client.max_retries,
+                retry_policy=client.retry_policy,
+            ) as twin:
+                return await call(twin.checkpoints)
+
+        return run_sync(run)
+
+    def list_files(
+        self, model_id: str, *, step: int | None = None, checkpoint_id: str | None = None
+    ) -> builtins.list[FileInfo]:
+        """Every file of the checkpoint at ``step`` (or ``checkpoint_id``), in path order."""
+        return self._transfer(
+            lambda c: c.list_files(model_id, step=step, checkpoint_id=checkpoint_id)
+        )
+
+    def upload(
+        self,
+        model_id: str,
+        path: LocalPath,
+        *,
+        step: int | None = None,
+        checkpoint_id: str | None = None,
+        parallel: int = DEFAULT_PARALLEL,
+        progress: ProgressCallback | None = None,
+    ) -> UploadResult:
+        """Upload a folder (every file under it, at its path relative to it) or one file (at its
+        name) to the checkpoint at ``step`` (or ``checkpoint_id``), ``parallel`` files at a time.
+
+        Files the checkpoint has already, and contents the model's entity holds anywhere, send no
+        byte. A dropped connection continues from the bytes the server kept. Other content at a
+        path the checkpoint holds raises :class:`FileConflictError` before anything is sent.
+        ``progress`` is called with a :class:`TransferProgress` as bytes move.
+        """
+        return self._transfer(
+            lambda c: c.upload(
+                model_id,
+                path,
+                step=step,
+                checkpoint_id=checkpoint_id,
+                parallel=parallel,
+                progress=progress,
+            )
+        )
+
+    def download(
+        self,
+        model_id: str,
+        dest: LocalPath,
+        *,
+        step: int | None = None,
+        checkpoint_id: str | None = None,
+        latest: bool = False,
+        best: Best | None = None,
+        parallel: int = DEFAULT_PARALLEL,
+        progress: ProgressCallback | None = None,
+    ) -> DownloadResult:
+        """Download one checkpoint's files into the folder ``dest``, the checkpoint named by
+        exactly one of ``step``, ``checkpoint_id``, ``latest=True`` or ``best=(metric, mode)``
+        (the mode is required: a loss is best at ``"min"``, an accuracy at ``"max"``).
+
+        Each file is streamed to ``<name>.partial``, checked against its sha256 and only then
+        renamed into place: a mismatch raises :class:`FileIntegrityError` and keeps nothing.
+        Files already in ``dest`` with the right size and sha256 are not fetched again.
+        """
+        return self._transfer(
+            lambda c: c.download(
+                model_id,
+                dest,
+                step=step,
+                checkpoint_id=checkpoint_id,
+                latest=latest,
+                best=best,
+                parallel=parallel,
+                progress=progress,
+            )
+        )
+
+    def save(
+        self,
+        model_id: str,
+        *,
+        step: int,
+        path: LocalPath,
+        metrics: Mapping[str, float] | None = None,
+        parallel: int = DEFAULT_PARALLEL,
+        progress: ProgressCallback | None = None,
+    ) -> SavedCheckpoint:
+        """Save a folder (or a file) as the checkpoint at ``step``, with ``metrics``: the one call
+        a training loop needs. The step is registered when missing; when it is registered
+        already, the metrics it lacks are added (another value for a metric it holds raises
+        :class:`CkptError`). Then the folder is uploaded, as :meth:`upload` does."""
+        return self._transfer(
+            lambda c: c.save(
+                model_id,
+                step=step,
+                path=path,
+                metrics=metrics,
+                parallel=parallel,
+                progress=progress,
+            )
+        )
+
 
 class AsyncCheckpoints:
     def __init__(self, client: AsyncClient) -> None:
@@ -334,4 +474,90 @@ class AsyncCheckpoints:
     ) -> RetentionResult:
         return await self._client._send(
             _retention(model_id, keep_latest=keep_latest, keep_best=keep_best, dry_run=dry_run)
+        )
+
+    # Files (weights): as on Checkpoints --------------------------------------------------------
+
+    async def _checkpoint_id(
+        self, model_id: str, step: int | None, checkpoint_id: str | None
+    ) -> str:
+        if (step is None) == (checkpoint_id is None):
+            raise ValueError("Name the checkpoint by step= or checkpoint_id= (one of them)")
+        if checkpoint_id is not None:
+            return checkpoint_id
+        assert step is not None
+        return (await self.at_step(model_id, step)).id
+
+    async def list_files(
+        self, model_id: str, *, step: int | None = None, checkpoint_id: str | None = None
+    ) -> builtins.list[FileInfo]:
+        found = await self._checkpoint_id(model_id, step, checkpoint_id)
+        return await list_files(self._client, model_id, found)
+
+    async def upload(
+        self,
+        model_id: str,
+        path: LocalPath,
+        *,
+        step: int | None = None,
+        checkpoint_id: str | None = None,
+        parallel: int = DEFAULT_PARALLEL,
+        progress: ProgressCallback | None = None,
+    ) -> UploadResult:
+        found = await self._checkpoint_id(model_id, step, checkpoint_id)
+        return await upload_files(
+            self._client, model_id, found, Path(path), parallel=parallel, progress=progress
+        )
+
+    async def download(
+        self,
+        model_id: str,
+        dest: LocalPath,
+        *,
+        step: int | None = None,
+        checkpoint_id: str | None = None,
+        latest: bool = False,
+        best: Best | None = None,
+        parallel: int = DEFAULT_PARALLEL,
+        progress: ProgressCallback | None = None,
+    ) -> DownloadResult:
+        checkpoint = await choose_checkpoint(
+            self._client,
+            model_id,
+            step=step,
+            checkpoint_id=checkpoint_id,
+            latest=latest,
+            best=best,
+        )
+        result = DownloadResult(checkpoint=checkpoint, dest=Path(dest))
+        return await download_files(
+            self._client,
+            model_id,
+            checkpoint.id,
+            Path(dest),
+            result,
+            parallel=parallel,
+            progress=progress,
+        )
+
+    async def save(
+        self,
+        model_id: str,
+        *,
+        step: int,
+        path: LocalPath,
+        metrics: Mapping[str, float] | None = None,
+        parallel: int = DEFAULT_PARALLEL,
+        progress: ProgressCallback | None = None,
+    ) -> SavedCheckpoint:
+        if not Path(path).exists():  # before registering a step that would have no files
+            raise CkptError(f"{path}: no such file or folder")
+        checkpoint, outcome = await register_or_merge(
+            self._client, model_id, step, dict(metrics or {})
+        )
+        uploaded = await upload_files(
+            self._client, model_id, checkpoint.id, Path(path), parallel=parallel, progress=progress
+        )
+        return SavedCheckpoint(
+            checkpoint=await self.get(model_id, checkpoint.id), outcome=outcome, upload=uploaded
         )

@@ -1,0 +1,108 @@
+"""A TCP proxy on 127.0.0.1 that counts the bytes each way and can cut connections, to show what the
+SDK does when a connection drops mid-transfer. It forwards bytes and nothing else: the server behind
+it is the real one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CuttingProxy:
+    """Forwards to `upstream` (host, port). A connection that has carried more than `cut_after`
+    bytes in the `direction` ("up": client to server, "down": server to client) is closed, for the
+    first `cuts` such connections (-1: every one)."""
+
+    upstream: tuple[str, int]
+    cut_after: int = 0
+    direction: str = "up"
+    cuts: int = 0
+    sent_up: int = 0
+    sent_down: int = 0
+    cut_count: int = 0
+    port: int = 0
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up: bool,
+        state: dict[str, int],
+        both: list[asyncio.StreamWriter],
+    ) -> None:
+        key = "up" if up else "down"
+        try:
+            while data := await reader.read(65536):
+                if up:
+                    self.sent_up += len(data)
+                else:
+                    self.sent_down += len(data)
+                state[key] += len(data)
+                if (
+                    self.direction == key
+                    and (self.cuts < 0 or self.cut_count < self.cuts)
+                    and state[key] > self.cut_after
+                    and not state.get("cut")
+                ):
+                    state["cut"] = 1
+                    self.cut_count += 1
+                    for w in both:
+                        w.transport.abort()
+                    return
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            server_r, server_w = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            client_w.close()
+            return
+        state = {"up": 0, "down": 0}
+        both = [client_w, server_w]
+        await asyncio.gather(
+            self._pipe(client_r, server_w, True, state, both),
+            self._pipe(server_r, client_w, False, state, both),
+        )
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[CuttingProxy]:
+        ready = threading.Event()
+        stop: list[asyncio.Event] = []
+
+        def serve() -> None:
+            async def main() -> None:
+                server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+                self.port = server.sockets[0].getsockname()[1]
+                stop.append(asyncio.Event())
+                ready.set()
+                async with server:
+                    await stop[0].wait()
+
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(main())
+            self._loop.close()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        assert ready.wait(10), "proxy did not start"
+        try:
+            yield self
+        finally:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(stop[0].set)
+            thread.join(10)
