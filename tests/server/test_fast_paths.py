@@ -16,6 +16,7 @@ from ckpt_registry.server.fastpath import ListCheckpointsFastPath, parse_query
 from ckpt_registry.server.fastregister import RegisterCheckpointFastPath, plain_registration
 from ckpt_registry.server.limits import BodySizeLimit
 from ckpt_registry.server.observe import RequestLayer
+from ckpt_registry.server.rate_limit import RateLimit
 
 from .helpers import unstacked
 
@@ -63,6 +64,15 @@ def test_the_stack_holds_each_fast_path_and_lists_first(stack: tuple[list[Any], 
     # The list fast path is the hot path: only what every request needs (its id, its metrics; a
     # measured cost, README "Operating it") may run in front of it.
     assert kinds[: kinds.index(ListCheckpointsFastPath)] == [RequestLayer]
+
+
+def test_the_rate_limit_when_on_sits_in_front_of_the_fast_paths(tmp_path: Path) -> None:
+    """No request that presents a key may reach a fast path past the per-key limit; when the limit
+    is off (the default) the layer is not there at all."""
+    database = f"sqlite:///{tmp_path / 'never-opened.db'}"
+    layers, _ = unstacked(create_app(Settings(database_url=database, rate_limit="10/s")))
+    kinds = [type(layer) for layer in layers]
+    assert kinds[: kinds.index(ListCheckpointsFastPath)] == [RequestLayer, RateLimit]
 
 
 @pytest.mark.parametrize("fast_path", FAST_PATHS, ids=lambda cls: cls.__name__)

@@ -112,6 +112,57 @@ def with_storage(url: str, action: Callable[[Storage], Awaitable[T]]) -> T:
     help="Prometheus metrics: off, on (GET /metrics on --port) or a port to serve them on "
     "alone (env CKPT_METRICS).",
 )
+@click.option(
+    "--header-timeout",
+    envvar="CKPT_HEADER_TIMEOUT_SECONDS",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="Seconds a request's headers may take to arrive; 408 and closed after "
+    "(env CKPT_HEADER_TIMEOUT_SECONDS).",
+)
+@click.option(
+    "--min-body-rate",
+    envvar="CKPT_MIN_BODY_RATE",
+    default=240.0,
+    show_default=True,
+    type=float,
+    help="Bytes per second a request body must average after the grace period; 408 and "
+    "closed below; 0 turns it off (env CKPT_MIN_BODY_RATE).",
+)
+@click.option(
+    "--body-rate-grace",
+    envvar="CKPT_BODY_RATE_GRACE_SECONDS",
+    default=5.0,
+    show_default=True,
+    type=float,
+    help="Seconds a body may arrive slower than --min-body-rate "
+    "(env CKPT_BODY_RATE_GRACE_SECONDS).",
+)
+@click.option(
+    "--max-connections",
+    envvar="CKPT_MAX_CONNECTIONS",
+    default=1000,
+    show_default=True,
+    type=int,
+    help="Open connections per server process; more get 503 with Retry-After "
+    "(env CKPT_MAX_CONNECTIONS).",
+)
+@click.option(
+    "--rate-limit",
+    envvar="CKPT_RATE_LIMIT",
+    default=None,
+    help="Requests each API key may make per server process, such as 10/s, 600/min or 5000/h; "
+    "429 with Retry-After above (env CKPT_RATE_LIMIT; default: no limit).",
+)
+@click.option(
+    "--rate-limit-burst",
+    envvar="CKPT_RATE_LIMIT_BURST",
+    default=None,
+    type=int,
+    help="Requests a key may make at once before the rate applies (env CKPT_RATE_LIMIT_BURST; "
+    "default: the rate's number).",
+)
 def serve(
     database_url: str,
     blob_url: str | None,
@@ -121,6 +172,12 @@ def serve(
     access_log: bool,
     log_format: str,
     metrics: str,
+    header_timeout: float,
+    min_body_rate: float,
+    body_rate_grace: float,
+    max_connections: int,
+    rate_limit: str | None,
+    rate_limit_burst: int | None,
 ) -> None:
     """Migrate the database, make a first key if there is none, and serve the API."""
     from ..server import Settings
@@ -128,6 +185,10 @@ def serve(
 
     if blob_url:
         os.environ["CKPT_BLOB_URL"] = blob_url
+    if rate_limit:
+        os.environ["CKPT_RATE_LIMIT"] = rate_limit
+    if rate_limit_burst is not None:
+        os.environ["CKPT_RATE_LIMIT_BURST"] = str(rate_limit_burst)
     os.environ.update(
         CKPT_DATABASE_URL=database_url,
         CKPT_HOST=host,
@@ -136,6 +197,10 @@ def serve(
         CKPT_ACCESS_LOG="true" if access_log else "false",
         CKPT_LOG_FORMAT=log_format,
         CKPT_METRICS=metrics,
+        CKPT_HEADER_TIMEOUT_SECONDS=str(header_timeout),
+        CKPT_MIN_BODY_RATE=str(min_body_rate),
+        CKPT_BODY_RATE_GRACE_SECONDS=str(body_rate_grace),
+        CKPT_MAX_CONNECTIONS=str(max_connections),
     )
     try:
         settings = Settings()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
@@ -27,6 +28,7 @@ from .limits import BodyLimit, BodyLimits, BodySizeLimit
 from .metrics import Metrics
 from .observe import RequestLayer
 from .openapi import install_openapi
+from .rate_limit import KeyBuckets, RateLimit
 from .routes import checkpoints, files, hub, models, service, uploads, usage
 from .settings import Settings
 
@@ -183,7 +185,7 @@ def asgi_layers(api: FastAPI, settings: Settings) -> list[Layer]:
     # list 39.1 us per request before and after this list replaced the hand-nested stack;
     # registration 224 instead of 240 us, its body no longer buffered twice.
     metrics: Metrics | None = api.state.metrics
-    return [
+    layers: list[Layer] = [
         # Every request: its id, its metrics, its access line (when on). Measured on a busy 2-core
         # machine: the list endpoint's on/off ratio 0.988 and 0.949 in two runs through wrk
         # (benchmarks/list_endpoint.py --metrics-cost); in process the layer adds ~5 us per
@@ -201,6 +203,13 @@ def asgi_layers(api: FastAPI, settings: Settings) -> list[Layer]:
         # Every other body, read whole within its route's declared limit before the app acts.
         lambda app: BodySizeLimit(app, limits),
     ]
+    rate = settings.rate
+    if rate is not None:
+        # Right behind the request layer (a refusal is counted and logged), in front of the fast
+        # paths, so no request that presents a key passes it; absent when off, so it costs nothing.
+        buckets = KeyBuckets(rate, settings.rate_limit_burst or max(1, math.ceil(rate.requests)))
+        layers.insert(1, lambda app: RateLimit(app, buckets))
+    return layers
 
 
 def create_app_from_env() -> ASGIApp:

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from ..blobs import errors as blob_errors
@@ -161,6 +162,18 @@ async def _hub_error(_: Request, exc: Exception) -> Response:
     return hub_error_response(exc)
 
 
+# nginx's status for "the client closed the request": never seen by the client (uvicorn drops it),
+# but counted in the metrics and the access line.
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def _client_disconnect(_: Request, exc: Exception) -> Response:
+    # A client gone mid-body, or one closed for sending it too slowly (`slow_clients.py`): an
+    # ordinary event, not a traceback in the log for each of hundreds of slow connections.
+    assert isinstance(exc, ClientDisconnect)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HubError, _hub_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
@@ -170,3 +183,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestInvalid, _request_invalid)
     app.add_exception_handler(blob_errors.BlobError, _blob_error)
     app.add_exception_handler(HTTPException, _http_exception)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)

@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 from .requestlog import log_config
 from .settings import Settings
+from .slow_clients import ConnectionLimits, GuardedHttpToolsProtocol, raise_descriptor_limit
 
 
 @contextlib.contextmanager
@@ -45,6 +48,17 @@ def metrics_processes(settings: Settings) -> Iterator[None]:
 def run_server(settings: Settings) -> None:
     import uvicorn
 
+    raise_descriptor_limit(settings.max_connections)
+    # A class and its settings, both picklable: uvicorn hands them to each worker process.
+    protocol: Any = functools.partial(
+        GuardedHttpToolsProtocol,
+        limits=ConnectionLimits(
+            header_timeout=settings.header_timeout_seconds,
+            min_body_rate=settings.min_body_rate,
+            body_rate_grace=settings.body_rate_grace_seconds,
+            max_connections=settings.max_connections,
+        ),
+    )
     with metrics_processes(settings):
         uvicorn.run(
             "ckpt_registry.server.app:create_app_from_env",
@@ -52,6 +66,10 @@ def run_server(settings: Settings) -> None:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            http=protocol,
+            # No route speaks WebSocket; an upgrade would also hand the connection to a protocol
+            # the slow-client watch does not follow.
+            ws="none",
             access_log=False,
             log_config=log_config(settings.log_format),
         )

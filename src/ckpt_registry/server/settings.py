@@ -8,6 +8,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ..blobs import default_blob_url
 from ..contract import MAX_JSON_BODY_BYTES
 from ..storage.urls import backend_of
+from .rate_limit import Rate
 from .requestlog import LogFormat
 
 GIB = 1024**3
@@ -63,6 +64,38 @@ class Settings(BaseSettings):
     pg_connect_timeout: float = Field(default=5.0, gt=0)
     pg_statement_timeout: float = Field(default=10.0, gt=0)
 
+    header_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="a request's headers must all arrive within this time; 408 and closed otherwise",
+    )
+    min_body_rate: float = Field(
+        default=240.0,
+        ge=0,
+        description="bytes a second a request body must arrive at, on average, once the grace "
+        "period has passed; 408 and closed otherwise; 0: no minimum",
+    )
+    body_rate_grace_seconds: float = Field(
+        default=5.0, ge=0, description="how long a body may arrive slower than min_body_rate"
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="open connections per server process; more get 503 with Retry-After",
+    )
+
+    rate_limit: str | None = Field(
+        default=None,
+        description="requests each API key may make, per server process: 10/s, 600/min, 5000/h; "
+        "429 with Retry-After above; none: no limit",
+    )
+    rate_limit_burst: int | None = Field(
+        default=None,
+        ge=1,
+        description="requests a key may make at once before the rate applies; default: the "
+        "rate's number (600 for 600/min)",
+    )
+
     metrics: str = Field(
         default="on",
         description="Prometheus metrics: off, on (GET /metrics on the API's port) or a port "
@@ -78,6 +111,19 @@ class Settings(BaseSettings):
         if value in ("off", "on") or (value.isdigit() and 0 < int(value) <= 65535):
             return value
         raise ValueError(f"{value!r}: use off, on, or a port number (1-65535)")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_setting(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "off", "none"):
+            return None
+        Rate.parse(value)
+        return value
+
+    @property
+    def rate(self) -> Rate | None:
+        """The per-key rate limit, when one is set."""
+        return Rate.parse(self.rate_limit) if self.rate_limit is not None else None
 
     @property
     def metrics_port(self) -> int | None:
