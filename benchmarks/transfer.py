@@ -150,7 +150,9 @@ def start_ckpt_servers() -> tuple[dict[str, Server], str]:
     store_env = {name: value.format(store=store) for name, value in STORE_ENV.items()}
     os.environ.update(store_env)
     servers = {
-        "ckpt serve (uvicorn)": start_ours("transfer-ckpt-serve", url),
+        # The new store for both: start_ours names a blob folder of its own otherwise, one that no
+        # run emptied (it grew by every file every run uploaded).
+        "ckpt serve (uvicorn)": start_ours("transfer-ckpt-serve", url, store_env),
         "ckpt app on granian": serve(
             GRANIAN,
             "ckpt_registry.server.app:create_app_from_env",
