@@ -253,8 +253,10 @@ def upload(
     sha256: str,
     server_pid: int | None,
     headers: dict[str, str] | None = None,
+    stored_sha256: Callable[[], str] | None = None,
 ) -> Transfer:
-    """PUT `source` to `url`; the answer must be 200/201 with JSON naming the file's sha256."""
+    """PUT `source` to `url`; the answer must be 200/201 with JSON naming the file's sha256, or,
+    for a server whose answer does not name it (MLflow's), `stored_sha256()` must be it."""
     put = CLIENTS[client][0]
     outcome: list[tuple[int, str, float]] = []
 
@@ -264,7 +266,12 @@ def upload(
 
     seconds, server_cpu, client_cpu, peak = timed(server_pid, move)
     status, body, _ = outcome[0]
-    if status not in (200, 201) or sha256 not in body:
+    if status not in (200, 201):
+        raise TransferFailed(f"PUT {url} answered {status}: {body[:300]}")
+    if stored_sha256 is not None:
+        if stored_sha256() != sha256:
+            raise TransferFailed(f"PUT {url} answered {status}, but stored other bytes")
+    elif sha256 not in body:
         raise TransferFailed(f"PUT {url} answered {status}: {body[:300]}")
     return Transfer(source.stat().st_size, seconds, server_cpu, client_cpu, peak)
 

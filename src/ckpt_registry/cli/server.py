@@ -181,7 +181,7 @@ def serve(
 ) -> None:
     """Migrate the database, make a first key if there is none, and serve the API."""
     from ..server import Settings
-    from ..server.serving import run_server
+    from ..server.serving import exec_server
 
     if blob_url:
         os.environ["CKPT_BLOB_URL"] = blob_url
@@ -227,7 +227,7 @@ def serve(
         click.echo(
             f"Created an API key for entity 'default' (shown once, store it now):\n{first_key}"
         )
-    run_server(settings)
+    exec_server()
 
 
 async def blob_store_problem(url: str) -> str | None:
