@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]
 import click
+import sqlalchemy.exc
 from pydantic import ValidationError
 from rich.console import Console
 
@@ -19,11 +21,16 @@ from ..blobs.errors import BlobError
 from ..collector import Collected, collect
 from ..keys import generate_key, hash_key
 from ..storage import Storage, open_storage
-from ..storage.compat import copy_problem, other_servers_problem, schema_problem
+from ..storage.compat import (
+    copy_problem,
+    other_servers_problem,
+    schema_problem,
+    sqlite_write_problem,
+)
 from ..storage.copy import CopyRefused, copy_database, finish_copy
 from ..storage.errors import StorageError
 from ..storage.migrate import downgrade, upgrade
-from ..storage.urls import UnsupportedDatabaseUrl
+from ..storage.urls import UnsupportedDatabaseUrl, redacted
 from .checkpoints import checkpoints
 from .importer import import_group
 from .models import models
@@ -113,6 +120,14 @@ def cli() -> None:
     help="Prometheus metrics: off, on (GET /metrics on --port) or a port to serve them on "
     "alone (env CKPT_METRICS).",
 )
+@click.option(
+    "--api-docs/--no-api-docs",
+    envvar="CKPT_API_DOCS",
+    default=False,
+    show_default=True,
+    help="Serve the interactive API pages /docs and /redoc (they load scripts from a public CDN); "
+    "/openapi.json is always served.",
+)
 def serve(
     database_url: str,
     blob_url: str | None,
@@ -122,6 +137,7 @@ def serve(
     access_log: bool,
     log_format: str,
     metrics: str,
+    api_docs: bool,
 ) -> None:
     """Migrate the database, make a first key if there is none, and serve the API."""
     from ..server import Settings
@@ -137,6 +153,7 @@ def serve(
         CKPT_ACCESS_LOG="true" if access_log else "false",
         CKPT_LOG_FORMAT=log_format,
         CKPT_METRICS=metrics,
+        CKPT_API_DOCS="true" if api_docs else "false",
     )
     try:
         settings = Settings()
@@ -147,14 +164,33 @@ def serve(
             for error in exc.errors()
         )
         raise click.ClickException(f"invalid settings: {problems}") from None
-    problem = (
-        schema_problem(database_url)
-        or copy_problem(database_url)
-        or other_servers_problem(database_url)
-    )
+    try:
+        problem = (
+            sqlite_write_problem(database_url)
+            or schema_problem(database_url)
+            or copy_problem(database_url)
+            or other_servers_problem(database_url)
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        problem = f"cannot reach the database at {redacted(database_url)}: {exc}"
     if problem is not None:
         raise click.ClickException(f"not starting: {problem}")
-    upgrade(database_url)
+    try:
+        upgrade(database_url)
+    except sqlalchemy.exc.OperationalError as exc:
+        # One line, not Alembic's traceback: a database that cannot be written (a read-only mount,
+        # a file of another user that `os.access` could not tell), locked or gone.
+        raise click.ClickException(
+            f"not starting: the database could not be migrated: {exc.orig}; "
+            "check that this user can write it and its folder"
+        ) from None
+    if host in ("0.0.0.0", "::", ""):
+        click.echo(
+            f"warning: listening on every network interface ({host or '*'}): anyone who can reach "
+            "this machine can reach the API; put it behind TLS and a firewall, or use "
+            "--host 127.0.0.1",
+            err=True,
+        )
     problem = asyncio.run(blob_store_problem(settings.blob_store_url))
     if problem is not None:
         raise click.ClickException(f"not starting: {problem}")
@@ -168,12 +204,15 @@ def serve(
 
 async def blob_store_problem(url: str) -> str | None:
     """Why the blob store cannot take files (a probe write failed), or None."""
-    blobs = open_blob_store(url)
+    try:
+        blobs = open_blob_store(url)
+    except BlobError as exc:
+        return str(exc)
     try:
         await blobs.open()
         await blobs.check()
     except BlobError as exc:
-        return f"the blob store {url} is not writable: {exc}"
+        return f"the blob store {redacted(url)} is not writable: {exc}"
     finally:
         await blobs.close()
     return None
@@ -308,7 +347,7 @@ def db_restore(database_url: str, blob_url: str | None, src: Path) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(
         f"restored schema {done.revision}: {done.models} models, {done.checkpoints} checkpoints, "
-        f"{done.files} files ({done.blobs} blobs copied) into {database_url}"
+        f"{done.files} files ({done.blobs} blobs copied) into {redacted(database_url)}"
     )
 
 

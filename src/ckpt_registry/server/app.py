@@ -155,6 +155,11 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         version=__version__,
         description="A model checkpoint registry speaking the W&B Training checkpoint API.",
         lifespan=lifespan,
+        # The router's trailing-slash redirect builds its Location from the Host header, before
+        # any key is checked: `/v1/preview/models/` is a 404 like any other unknown path.
+        redirect_slashes=False,
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
     )
     api.state.storage = None
     api.state.settings = settings

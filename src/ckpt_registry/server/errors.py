@@ -12,6 +12,7 @@ from starlette.responses import Response
 from ..blobs import errors as blob_errors
 from ..storage import errors as storage_errors
 from .auth import AuthenticationFailed
+from .bodies import BodyUnreadable
 from .responses import JSONBytes
 
 STATUS_BY_ERROR: dict[type[storage_errors.StorageError], int] = {
@@ -46,10 +47,27 @@ def validation_error(loc: list[str | int], msg: str, type_: str = "value_error")
     return JSONBytes({"detail": [{"loc": loc, "msg": msg, "type": type_}]}, 422)
 
 
+# Where a `loc` would name the client's own text: the key of a `metrics` object is a metric name.
+INPUT_KEY_FIELDS = frozenset({"metrics"})
+INPUT_KEY = "*"
+
+
+def plain_loc(loc: Any) -> list[str | int]:
+    """A validation error's `loc` without the client's input: a metric name (a NUL, 257 characters,
+    a lone surrogate) becomes `*`, so `["body", "metrics", "*", "[key]"]`."""
+    plain: list[str | int] = []
+    for part in loc:
+        if plain and plain[-1] in INPUT_KEY_FIELDS and not isinstance(part, int):
+            plain.append(INPUT_KEY)
+        else:
+            plain.append(part if isinstance(part, int) else str(part))
+    return plain
+
+
 def _plain(error: dict[str, Any]) -> dict[str, Any]:
     # Only loc, msg and type: echoing `input` could leak values or fail to serialise (bytes, NaN).
     return {
-        "loc": [part if isinstance(part, int) else str(part) for part in error.get("loc", ())],
+        "loc": plain_loc(error.get("loc", ())),
         "msg": str(error.get("msg", "")),
         "type": str(error.get("type", "value_error")),
     }
@@ -115,6 +133,13 @@ async def _request_invalid(_: Request, exc: Exception) -> Response:
     return validation_error(exc.loc, exc.msg)
 
 
+async def _body_unreadable(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BodyUnreadable)
+    if exc.media_type:
+        return JSONBytes({"detail": exc.msg}, 415)
+    return validation_error(["body"], exc.msg, "json_invalid")
+
+
 async def _authentication_failed(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, AuthenticationFailed)
     return JSONBytes({"detail": exc.detail}, 401, headers={"WWW-Authenticate": "Bearer"})
@@ -139,5 +164,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuthenticationFailed, _authentication_failed)
     app.add_exception_handler(Forbidden, _forbidden)
     app.add_exception_handler(RequestInvalid, _request_invalid)
+    app.add_exception_handler(BodyUnreadable, _body_unreadable)
     app.add_exception_handler(blob_errors.BlobError, _blob_error)
     app.add_exception_handler(HTTPException, _http_exception)

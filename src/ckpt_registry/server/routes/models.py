@@ -16,6 +16,7 @@ from ...contract import (
     Order,
 )
 from ..auth import Entity, StorageDep
+from ..bodies import JSONBodyRoute
 from ..errors import Forbidden
 from ..responses import JSONBytes, model_page, model_response
 from ..schemas import (
@@ -27,7 +28,7 @@ from ..schemas import (
     PaginatedResponse,
 )
 
-router = APIRouter(prefix=MODELS_PATH, tags=["models"])
+router = APIRouter(prefix=MODELS_PATH, tags=["models"], route_class=JSONBodyRoute)
 
 
 @router.post(

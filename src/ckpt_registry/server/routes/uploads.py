@@ -31,6 +31,7 @@ from ...contract import CHECKPOINTS_PATH, FILES_LIMIT_MAX, UPLOADS_PATH, file_pa
 from ...storage.base import FileRecord, Storage
 from ...storage.errors import FileNotFound
 from ..auth import Entity, StorageDep
+from ..bodies import JSONBodyRoute
 from ..errors import RequestInvalid
 from ..limits import STREAMED, request_body
 from ..responses import JSONBytes
@@ -47,8 +48,10 @@ from ..transfers import (
     stream_into,
 )
 
-checkpoint_router = APIRouter(prefix=CHECKPOINTS_PATH + "/{checkpoint_id}", tags=["files"])
-router = APIRouter(prefix=UPLOADS_PATH, tags=["files"])
+checkpoint_router = APIRouter(
+    prefix=CHECKPOINTS_PATH + "/{checkpoint_id}", tags=["files"], route_class=JSONBodyRoute
+)
+router = APIRouter(prefix=UPLOADS_PATH, tags=["files"], route_class=JSONBodyRoute)
 
 # One request at a time appends to an upload (per process; across processes the offset check and the
 # staged size keep two writers from interleaving).
