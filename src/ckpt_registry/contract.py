@@ -46,6 +46,7 @@ FILES_LIMIT_MAX: Final = 1000
 FILES_LIMIT_DEFAULT: Final = 1000
 UPLOADS_PATH: Final = API_PREFIX + "/preview/uploads"
 USAGE_PATH: Final = API_PREFIX + "/preview/usage"
+KEY_PATH: Final = API_PREFIX + "/preview/key"
 
 
 def file_path_problem(path: str) -> str | None:

@@ -204,3 +204,15 @@ def test_every_route_applies_the_body_rule() -> None:
     routes = [route for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)]
     assert routes
     assert [route.path for route in routes if not isinstance(route, JSONBodyRoute)] == []
+
+
+def test_an_unreadable_body_without_a_key_is_401(
+    server: RunningServer, ids: dict[str, str]
+) -> None:
+    with server.client(None) as anonymous:
+        for method, template, _ in JSON_ROUTES:
+            for headers in ({"Content-Type": "application/json"}, {"Content-Type": "text/plain"}):
+                response = anonymous.request(
+                    method, path(template, ids), content=UNREADABLE["syntax"][0], headers=headers
+                )
+                assert response.status_code == 401, response.text

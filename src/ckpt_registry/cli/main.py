@@ -414,18 +414,29 @@ def keys() -> None:
     """Create, list and revoke API keys (stored only as sha256 hashes)."""
 
 
-@keys.command("create", epilog="Example: ckpt keys create --entity my-team --name laptop")
+@keys.command(
+    "create",
+    epilog="Example: ckpt keys create --entity my-team --name inference --read-only",
+)
 @database_url_option
 @click.option("--entity", required=True, help="The entity (team or user) the key acts for.")
 @click.option("--name", default="", help="A label to recognise the key by.")
-def keys_create(database_url: str, entity: str, name: str) -> None:
+@click.option(
+    "--read-only",
+    is_flag=True,
+    help="The key lists, reads and downloads, and gets 403 on every write (for an inference "
+    "server or a CI job that only pulls checkpoints).",
+)
+def keys_create(database_url: str, entity: str, name: str, read_only: bool) -> None:
     """Create a key; it is printed once, alone on the last line."""
     key = generate_key()
     created = with_storage(
-        database_url, lambda storage: storage.create_key(entity, name, hash_key(key))
+        database_url,
+        lambda storage: storage.create_key(entity, name, hash_key(key), read_only=read_only),
     )
+    scope = "read-only key" if read_only else "key"
     click.echo(
-        f"Created key {created.id} for entity {entity!r}; store it now, it is not shown again:",
+        f"Created {scope} {created.id} for entity {entity!r}; store it now, it is not shown again:",
         err=True,
     )
     click.echo(key)
@@ -434,11 +445,13 @@ def keys_create(database_url: str, entity: str, name: str) -> None:
 @keys.command("list", epilog="Example: ckpt keys list")
 @database_url_option
 def keys_list(database_url: str) -> None:
-    """List keys (never the keys themselves)."""
+    """List keys (never the keys themselves): id, entity, name, scope, created, state."""
     for key in with_storage(database_url, lambda storage: storage.list_keys()):
         state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
+        scope = "read-only" if key.read_only else "read-write"
         click.echo(
-            f"{key.id}  {key.entity}  {key.name or '-'}  {key.created_at.isoformat()}  {state}"
+            f"{key.id}  {key.entity}  {key.name or '-'}  {scope}  "
+            f"{key.created_at.isoformat()}  {state}"
         )
 
 

@@ -26,7 +26,7 @@ from .limits import BodyLimit, BodyLimits, BodySizeLimit
 from .metrics import Metrics
 from .observe import RequestLayer
 from .openapi import install_openapi
-from .routes import checkpoints, files, models, service, uploads, usage
+from .routes import checkpoints, files, key, models, service, uploads, usage
 from .settings import Settings
 
 log = logging.getLogger("ckpt_registry")
@@ -40,6 +40,7 @@ ROUTERS = (
     uploads.checkpoint_router,
     uploads.router,
     usage.router,
+    key.router,
     service.router,
 )
 

@@ -24,6 +24,8 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .auth import caller_for_authorization
+
 UNSUPPORTED_MEDIA_TYPE = "Send the body as JSON with Content-Type: application/json (UTF-8)"
 NOT_UTF8 = "The body is not valid UTF-8: JSON bodies are UTF-8, without a byte order mark"
 HAS_BOM = "The body starts with a byte order mark: send UTF-8 JSON without one"
@@ -93,8 +95,15 @@ class JSONBodyRoute(APIRoute):
         async def read_json_first(request: Request) -> Response:
             body = await request.body()
             if body:
+                try:
+                    parsed = parse_json_body(body, request.headers.get("content-type"))
+                except BodyUnreadable:
+                    # The key is judged before the input, as everywhere: without one, 401.
+                    authorization = request.headers.get("authorization")
+                    await caller_for_authorization(authorization, request.app.state.storage)
+                    raise
                 # Starlette's cache of `request.json()`: FastAPI reads it instead of parsing again.
-                request._json = parse_json_body(body, request.headers.get("content-type"))
+                request._json = parsed
             return await handler(request)
 
         return read_json_first

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from ..blobs import errors as blob_errors
 from ..storage import errors as storage_errors
-from .auth import AuthenticationFailed
+from .auth import AuthenticationFailed, ReadOnlyKey
 from .bodies import BodyUnreadable
 from .responses import JSONBytes
 
@@ -146,7 +146,7 @@ async def _authentication_failed(_: Request, exc: Exception) -> Response:
 
 
 async def _forbidden(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Forbidden)
+    assert isinstance(exc, Forbidden | ReadOnlyKey)
     return JSONBytes({"detail": exc.detail}, 403)
 
 
@@ -163,6 +163,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(storage_errors.StorageError, _storage_error)
     app.add_exception_handler(AuthenticationFailed, _authentication_failed)
     app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(ReadOnlyKey, _forbidden)
     app.add_exception_handler(RequestInvalid, _request_invalid)
     app.add_exception_handler(BodyUnreadable, _body_unreadable)
     app.add_exception_handler(blob_errors.BlobError, _blob_error)

@@ -63,8 +63,15 @@ def _converters(table: sa.Table) -> list[Callable[[Any], Any]]:
     def timestamp(value: str | None) -> datetime | None:
         return None if value is None else parse_timestamp(value)
 
+    def plain(value: Any) -> Any:
+        return value
+
     return [
-        timestamp if isinstance(column.type, sa.DateTime) else (lambda value: value)
+        timestamp
+        if isinstance(column.type, sa.DateTime)
+        else bool
+        if isinstance(column.type, sa.Boolean)  # SQLite stores 0 and 1
+        else plain
         for column in table.columns
     ]
 
