@@ -140,19 +140,36 @@ class LocalBlobStore:
                 raise BlobNotFound(sha256) from None
 
         fd = await self.run(open_blob, "opening a blob")
+        ahead: Future[bytes] | None = None
         try:
             # An open file stays readable after a delete (unlink), so the stream is never cut short.
             stop = check_range(start, end, os.fstat(fd).st_size)
             position = start
-            while position < stop:
-                count = min(READ_CHUNK_BYTES, stop - position)
-                chunk = await self.run(partial(os.pread, fd, count, position), "reading a blob")
+            if position < stop:
+                ahead = self.submit(
+                    partial(os.pread, fd, min(READ_CHUNK_BYTES, stop - position), position)
+                )
+            while ahead is not None:
+                try:
+                    chunk = await asyncio.wrap_future(ahead)
+                except OSError as exc:
+                    raise unavailable(exc, "reading a blob", self.root) from exc
                 if not chunk:
                     raise BlobStoreUnavailable(f"blob {sha256} is shorter than its size on disk")
                 position += len(chunk)
+                # Read one chunk ahead: the disk read of the next chunk runs while this one is sent.
+                ahead = None
+                if position < stop:
+                    count = min(READ_CHUNK_BYTES, stop - position)
+                    ahead = self.submit(partial(os.pread, fd, count, position))
                 yield chunk
         finally:
-            os.close(fd)
+            if ahead is None:
+                os.close(fd)
+            else:
+                # A read may still be running on the descriptor (the reader left mid-stream): close it
+                # once that read is over, never under it.
+                ahead.add_done_callback(partial(_close_after_read, fd))
 
     async def delete(self, sha256: str) -> None:
         path = self.blob_path(check_sha256(sha256))
@@ -505,3 +522,10 @@ def unavailable(exc: OSError, doing: str, root: Path) -> BlobStoreUnavailable:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return BlobStoreUnavailable(f"no permission to write in the blob folder {root} ({doing})")
     return BlobStoreUnavailable(f"{doing} in {root} failed: {exc.strerror or exc}")
+
+
+def _close_after_read(fd: int, read: Future[bytes]) -> None:
+    """Close a blob's descriptor once its last read ahead is over; nobody wants that read's bytes."""
+    if not read.cancelled():
+        read.exception()  # retrieved, so an error of a read nobody waits for is not reported as lost
+    os.close(fd)
