@@ -254,6 +254,7 @@ def drive_every_route(api: httpx.Client, name: str = "every-route") -> dict[str,
     assert api.delete(f"/preview/uploads/{cancelled.json()['id']}").status_code == 204
     assert api.delete(f"{files}/model.bin").status_code == 204
     assert api.get("/preview/usage").status_code == 200
+    assert api.get("/preview/key").status_code == 200
     assert (
         api.post(
             f"/preview/models/{model}/checkpoints/retention", json={"keep_latest": 1}

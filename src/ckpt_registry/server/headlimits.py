@@ -8,6 +8,7 @@ headers, a uuid cursor), far below what would cost the server anything to parse 
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Final
 
 import orjson
@@ -26,7 +27,8 @@ def head_problem(scope: Scope) -> tuple[int, str] | None:
     headers = scope["headers"]
     if len(headers) > MAX_HEADERS:
         return 431, f"Too many request headers: at most {MAX_HEADERS}"
-    if sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES:
+    # Summed in C (`map` over the flattened pairs): this runs in front of every request.
+    if sum(map(len, chain.from_iterable(headers))) > MAX_HEADER_BYTES:
         return 431, f"Request headers too large: at most {MAX_HEADER_BYTES} bytes in all"
     query: bytes = scope["query_string"]
     if len(scope.get("raw_path") or scope["path"]) + len(query) > MAX_URL_BYTES:
