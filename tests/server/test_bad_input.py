@@ -250,7 +250,7 @@ def test_an_encoded_slash_in_a_model_id_is_404(server: RunningServer, api: httpx
 WEIRD_AFTERS = {
     "NUL": "\x00",
     "a real id then NUL": None,  # filled in from the model
-    "10 KB": "a" * 10_000,
+    "4 KB": "a" * 4_000,  # longer URLs are 414 (test_limits.py)
     "unicode": "модель",
     "emoji": "😀",
     "blank": " ",
