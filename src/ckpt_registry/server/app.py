@@ -198,7 +198,8 @@ def asgi_layers(api: FastAPI, settings: Settings) -> list[Layer]:
             access_log=settings.access_log,
         ),
         # Too many or too large headers, a URL too long, too many query parameters: refused before
-        # anything reads them (a count and a sum over ~10 headers, well under a microsecond).
+        # anything reads them. In process, over an app that answers at once: 1.2 us added per
+        # request (0.40 -> 1.62 us, medians of 7 rounds of 20,000, a busy 2-core machine).
         HeadLimits,
         # GETs only, and most requests: in front of the rest, so they pay for nothing behind it.
         lambda app: ListCheckpointsFastPath(app, storage),
