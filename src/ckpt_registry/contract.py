@@ -29,6 +29,11 @@ Order = Literal["asc", "desc"]
 LIST_ORDERS: Final[tuple[Order, ...]] = get_args(Order)
 LIST_ORDER_DEFAULT: Final[Order] = "asc"
 
+# Deleted steps (GET .../checkpoints/deleted-steps): 1..10,000 per page, default 1,000; a page is
+# a list of integers and a timestamp each, so a large one stays small.
+DELETED_STEPS_LIMIT_MAX: Final = 10_000
+DELETED_STEPS_LIMIT_DEFAULT: Final = 1000
+
 # JSON request bodies over this many bytes are refused with 413 (section 5).
 MAX_JSON_BODY_BYTES: Final = 1024 * 1024
 

@@ -115,15 +115,38 @@ def test_list_one_page_as_a_table_with_a_hint(ckpt: Ckpt, model_id: str) -> None
     assert "--all" in result.stderr
 
 
-def test_list_json_and_ndjson(ckpt: Ckpt, model_id: str, ten_steps: list[int]) -> None:
-    page = json_out(ckpt("list", model_id, "--limit", "4", "--json"))
+def test_list_json_and_ndjson_are_complete_whatever_the_page_size(
+    ckpt: Ckpt, model_id: str, ten_steps: list[int]
+) -> None:
+    as_json = ckpt("list", model_id, "--limit", "4", "--json")
     desc = ckpt("list", model_id, "--order", "desc", "--limit", "4", "--ndjson")
-    after = json_out(ckpt("list", model_id, "--limit", "4", "--after", page[-1]["id"], "--json"))
+    after = json_out(
+        ckpt("list", model_id, "--limit", "4", "--after", json_out(as_json)[2]["id"], "--json")
+    )
 
-    assert [c["step"] for c in page] == ten_steps[:4]
-    assert set(page[0]) == {"id", "step", "metrics"}
-    assert [json.loads(line)["step"] for line in desc.stdout.splitlines()] == ten_steps[::-1][:4]
-    assert [c["step"] for c in after] == ten_steps[4:8]
+    # Every checkpoint, not the first page of four, and nothing on stderr to miss.
+    assert [c["step"] for c in json_out(as_json)] == ten_steps
+    assert as_json.stderr == "" and desc.stderr == ""
+    assert set(json_out(as_json)[0]) == {"id", "step", "metrics"}
+    assert [json.loads(line)["step"] for line in desc.stdout.splitlines()] == ten_steps[::-1]
+    assert [c["step"] for c in after] == ten_steps[3:]
+
+
+def test_list_one_page_as_json_is_the_envelope_that_says_what_follows(
+    ckpt: Ckpt, model_id: str, ten_steps: list[int]
+) -> None:
+    first = json_out(ckpt("list", model_id, "--order", "desc", "--limit", "4", "--page", "--json"))
+    last = json_out(
+        ckpt("list", model_id, "--after", first["last_id"], "--limit", "100",
+             "--order", "desc", "--page", "--json")
+    )  # fmt: skip
+
+    assert [c["step"] for c in first["data"]] == ten_steps[::-1][:4]
+    assert first["has_more"] is True and first["last_id"] == first["data"][-1]["id"]
+    assert [c["step"] for c in last["data"]] == ten_steps[::-1][4:]
+    assert last["has_more"] is False
+    refused = ckpt("list", model_id, "--page", "--ndjson")
+    assert refused.exit_code == 2 and "--page" in refused.stderr
 
 
 @pytest.mark.parametrize("order", ["asc", "desc"])
@@ -153,7 +176,7 @@ def test_list_of_an_empty_model(ckpt: Ckpt, model_id: str) -> None:
 def test_get_latest_and_best(ckpt: Ckpt, model_id: str) -> None:
     latest = json_out(ckpt("latest", model_id, "--json"))
     fetched = json_out(ckpt("get", model_id, latest["id"], "--json"))
-    best = json_out(ckpt("best", model_id, "--metric", "val/reward", "--json"))
+    best = json_out(ckpt("best", model_id, "--metric", "val/reward", "--mode", "max", "--json"))
     lowest_loss = ckpt("best", model_id, "--metric", "loss", "--mode", "min")
     table = ckpt("get", model_id, latest["id"])
 
@@ -175,10 +198,20 @@ def test_latest_of_an_empty_model(ckpt: Ckpt, model_id: str) -> None:
 
 @pytest.mark.usefixtures("ten_steps")
 def test_best_of_a_metric_nobody_has_is_404(ckpt: Ckpt, model_id: str) -> None:
-    result = ckpt("best", model_id, "--metric", "accuracy")
+    result = ckpt("best", model_id, "--metric", "accuracy", "--mode", "max")
 
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: 404 ")
+
+
+@pytest.mark.usefixtures("ten_steps")
+def test_best_without_a_mode_is_refused_rather_than_guessed(ckpt: Ckpt, model_id: str) -> None:
+    # A default of max would print the worst checkpoint by a loss as "the best".
+    result = ckpt("best", model_id, "--metric", "loss", "--json")
+
+    assert result.exit_code == 2
+    assert "Missing option '--mode'" in result.stderr
+    assert result.stdout == ""
 
 
 def test_update_merges_metrics(ckpt: Ckpt, model_id: str, sdk: Client) -> None:
@@ -256,3 +289,40 @@ def test_tables_print_names_literally(ckpt: Ckpt, model_id: str, sdk: Client) ->
         assert result.exit_code == 0, result.output
         assert "[bold]loss[/]" in result.stdout
         assert ":thumbs_up:" in result.stdout
+
+
+@pytest.mark.usefixtures("ten_steps")
+def test_a_model_is_named_by_id_or_by_project_and_name(
+    ckpt: Ckpt, model_id: str, ten_steps: list[int]
+) -> None:
+    by_name = json_out(ckpt("list", "rl/agent", "--json"))
+    latest = json_out(ckpt("latest", "rl/agent", "--json"))
+    shown = CliRunner().invoke(cli, ["models", "get", "rl/agent", "--json"])
+    unknown = ckpt("list", "rl/nobody")
+
+    assert [c["step"] for c in by_name] == ten_steps
+    assert latest["step"] == ten_steps[-1]
+    assert json_out(shown)["id"] == model_id
+    assert unknown.exit_code == 1
+    assert unknown.stderr == (
+        "Error: No model rl/nobody (PROJECT/NAME) for this key: `ckpt models list`\n"
+    )
+    dots = ckpt("list", "..")
+    assert dots.exit_code == 1 and "'..' is not a model id" in dots.stderr
+
+
+def test_a_name_with_slashes_is_found_and_an_ambiguous_one_asks_for_the_id(
+    ckpt: Ckpt, sdk: Client
+) -> None:
+    nested = sdk.models.create(project="hf/team", name="run", base_model="b")
+    sdk.checkpoints.register(nested.id, step=7)
+    sdk.models.create(project="x", name="y/z", base_model="b")
+    sdk.models.create(project="x/y", name="z", base_model="b")
+
+    found = json_out(ckpt("list", "hf/team/run", "--json"))
+    ambiguous = ckpt("list", "x/y/z")
+
+    assert [c["step"] for c in found] == [7]
+    assert ambiguous.exit_code == 1
+    assert ambiguous.stderr.startswith("Error: x/y/z names more than one model (project 'x' name")
+    assert ambiguous.stderr.rstrip().endswith("use its id")

@@ -261,3 +261,117 @@ def test_with_files_reports_a_folder_whose_files_differ_from_the_registered_ones
     assert sdk.checkpoints.at_step(model_id, 10).size_bytes == len(b"weights") + len(
         (tmp_path / "checkpoint-10" / "trainer_state.json").read_bytes()
     )
+
+
+def test_create_makes_the_model_named_project_name_from_the_trainer_config(
+    ckpt: Ckpt, sdk: Client, tmp_path: Path
+) -> None:
+    for step in (10, 20):
+        folder = write_checkpoint(tmp_path, step)
+        (folder / "config.json").write_text(json.dumps({"_name_or_path": "openai-community/gpt2"}))
+
+    missing = ckpt(str(tmp_path), "--model", "hf/run1")
+    created = ckpt(str(tmp_path), "--model", "hf/run1", "--create")
+    again = ckpt(str(tmp_path), "--model", "hf/run1", "--create", "--json")
+
+    assert missing.exit_code == 1
+    assert "No model hf/run1 (PROJECT/NAME) for this key: add --create" in missing.stderr
+    assert created.exit_code == 0, created.output
+    assert "Created model hf/run1" in created.stderr and "openai-community/gpt2" in created.stderr
+    assert "2 registered" in created.stdout
+    model = sdk.models.find(project="hf", name="run1")
+    assert model is not None and model.base_model == "openai-community/gpt2"
+    assert [c.step for c in sdk.checkpoints.list(model.id)] == [10, 20]
+    assert json.loads(again.stdout)["already_present"] == [10, 20]
+    assert len(list(sdk.models.list(project="hf"))) == 1
+
+
+def test_create_without_a_known_base_model_asks_for_one(
+    ckpt: Ckpt, sdk: Client, tmp_path: Path
+) -> None:
+    folder = write_checkpoint(tmp_path, 10)
+    # What a model built from a config alone saves: no name to borrow.
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": "", "model_type": "gpt2"}))
+
+    refused = ckpt(str(tmp_path), "--model", "hf/tiny", "--create")
+    given = ckpt(str(tmp_path), "--model", "hf/tiny", "--create", "--base-model", "scratch")
+    by_id = ckpt(str(tmp_path), "--model", "0b9e6c1e-0000-4000-8000-000000000000", "--create")
+    alone = ckpt(str(tmp_path), "--model", "hf/tiny", "--base-model", "other")
+
+    assert refused.exit_code == 2 and "--create needs --base-model" in refused.stderr
+    assert given.exit_code == 0, given.output
+    model = sdk.models.find(project="hf", name="tiny")
+    assert model is not None and model.base_model == "scratch"
+    assert by_id.exit_code == 2 and "PROJECT/NAME" in by_id.stderr
+    assert alone.exit_code == 2 and "--base-model goes with --create" in alone.stderr
+
+
+def test_a_step_deleted_on_the_server_is_not_brought_back_unless_asked(
+    ckpt: Ckpt, sdk: Client, model_id: str, tmp_path: Path
+) -> None:
+    for step in (10, 20, 30, 40):
+        write_checkpoint(tmp_path, step)
+    ckpt(str(tmp_path), "--model", model_id)
+    sdk.checkpoints.retention(model_id, keep_latest=2)  # deletes 10 and 20
+    sdk.checkpoints.delete(model_id, steps=[40])  # a person deletes one
+
+    again = ckpt(str(tmp_path), "--model", model_id)
+    as_json = ckpt(str(tmp_path), "--model", model_id, "--json")
+
+    assert again.exit_code == 0, again.output
+    assert "0 registered, 1 already present, 0 merged, 0 skipped, 3 left deleted" in again.stdout
+    assert "Left deleted (by a person or retention): steps 10, 20, 40" in again.stderr
+    assert json.loads(as_json.stdout)["deleted"] == [10, 20, 40]
+    assert [c.step for c in sdk.checkpoints.list(model_id)] == [30]
+
+    asked = ckpt(str(tmp_path), "--model", model_id, "--include-deleted", "--json")
+
+    assert asked.exit_code == 0, asked.output
+    assert json.loads(asked.stdout)["registered"] == [10, 20, 40]
+    assert [c.step for c in sdk.checkpoints.list(model_id)] == [10, 20, 30, 40]
+
+
+def test_registered_steps_whose_folders_are_gone_are_reported(
+    ckpt: Ckpt, sdk: Client, model_id: str, tmp_path: Path
+) -> None:
+    # save_total_limit=2: the Trainer removed checkpoint-10 and -20 after they were imported
+    # (step 10 with its files), and step 5 was registered by hand, without files.
+    for step in (10, 20, 30, 40):
+        write_checkpoint(tmp_path, step)
+    ckpt(str(tmp_path), "--model", model_id, "--with-files")
+    sdk.checkpoints.register(model_id, step=5)
+    sdk.checkpoints.delete(model_id, steps=[20])
+    sdk.checkpoints.register(model_id, step=20)  # again, without files
+    for step in (10, 20):
+        for path in sorted((tmp_path / f"checkpoint-{step}").iterdir()):
+            path.unlink()
+        (tmp_path / f"checkpoint-{step}").rmdir()
+
+    plain = ckpt(str(tmp_path), "--model", model_id)
+    files = ckpt(str(tmp_path), "--model", model_id, "--with-files", "--json")
+
+    assert plain.exit_code == 0, plain.output
+    assert "Registered but not in this folder (removed by save_total_limit?): steps 5, 10, 20." in (
+        plain.stderr
+    )
+    assert "without files" not in plain.stderr
+    assert files.exit_code == 0, files.output
+    report = json.loads(files.stdout)
+    assert report["not_on_disk"] == [5, 10, 20]
+    assert report["without_files"] == [5, 20]
+
+
+def test_the_import_is_one_sdk_call(sdk: Client, model_id: str, tmp_path: Path) -> None:
+    from ckpt_registry.integrations.hf_trainer import import_trainer_output
+
+    for step in (10, 20):
+        write_checkpoint(tmp_path, step)
+    seen: list[tuple[int, str | None]] = []
+
+    report = import_trainer_output(
+        sdk, model_id, tmp_path, on_folder=lambda c, reason: seen.append((c.step, reason))
+    )
+
+    assert (report.registered, report.skipped, report.not_on_disk) == ([10, 20], [], [])
+    assert seen == [(10, None), (20, None)]
+    assert sdk.checkpoints.at_step(model_id, 20).metrics["eval_loss"] == 0.9

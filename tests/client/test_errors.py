@@ -15,6 +15,7 @@ from ckpt_registry.client import (
     CkptError,
     Client,
     ConflictError,
+    InvalidIdError,
     NotFoundError,
     PermissionDeniedError,
     RequestTooLargeError,
@@ -81,9 +82,11 @@ def test_404_for_an_unknown_model(client: Client) -> None:
     assert str(caught.value) == "404 Model not found"
 
 
-def test_404_ids_cannot_escape_their_path_segment(client: Client, model_id: str) -> None:
-    # Quoted as one segment: "../" must not turn a checkpoint lookup into another route.
-    with pytest.raises(NotFoundError):
+def test_ids_cannot_escape_their_path_segment(client: Client, model_id: str) -> None:
+    # "../" must not turn a checkpoint lookup into another route: the server decodes %2F before
+    # routing, so no quoting can keep it in one segment and it is refused before any request
+    # (tests/client/test_path_segments.py has the rest).
+    with pytest.raises(InvalidIdError, match="is not a checkpoint id"):
         client.checkpoints.get(model_id, "../../" + model_id)
 
 

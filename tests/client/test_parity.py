@@ -6,7 +6,7 @@ client and forgotten on the other fails here.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, get_args, get_origin, get_type_hints
 
 import httpx
@@ -15,8 +15,8 @@ import pytest
 from ckpt_registry.client import AsyncClient, AsyncPaginator, Client, CursorPage
 
 # What an awaitable method's sync twin returns, when the async one is not a coroutine: a list
-# returns a paginator to await or iterate, not a coroutine.
-ASYNC_RETURN = {CursorPage: AsyncPaginator}
+# returns a paginator to await or iterate, not a coroutine; a walk an async iterator.
+ASYNC_RETURN = {CursorPage: AsyncPaginator, Iterator: AsyncIterator}
 
 
 def resources(client: type) -> dict[str, type]:

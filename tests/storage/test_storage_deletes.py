@@ -226,3 +226,37 @@ async def test_purging_deleted_models_with_nothing_pending_finishes_none(storage
 
     assert await storage.delete_model(ENTITY, empty.id) == 0
     assert await storage.purge_deleted_models() == 0
+
+
+# Deleted steps ---------------------------------------------------------------------------------
+
+
+async def test_deleted_steps_are_tombstoned_steps_without_a_live_checkpoint(
+    storage: Storage, model: Model
+) -> None:
+    await register_steps(storage, model, {step: {} for step in (0, 1, 2, 3, MAX_STEP)})
+    await storage.delete_checkpoints(ENTITY, model.id, [0, 1, 2, MAX_STEP])
+    await register_steps(storage, model, {1: {}})  # back: not deleted any more
+    await storage.delete_checkpoints(ENTITY, model.id, [2])  # already gone: no second tombstone
+    await register_steps(storage, model, {2: {}})
+    await storage.delete_checkpoints(ENTITY, model.id, [2])  # deleted twice: listed once
+
+    everything = await storage.list_deleted_steps(ENTITY, model.id, after_step=None, limit=10)
+    first = await storage.list_deleted_steps(ENTITY, model.id, after_step=None, limit=2)
+    rest = await storage.list_deleted_steps(ENTITY, model.id, after_step=2, limit=2)
+
+    assert [d.step for d in everything.data] == [0, 2, MAX_STEP]
+    assert not everything.has_more
+    assert ([d.step for d in first.data], first.has_more) == ([0, 2], True)
+    assert ([d.step for d in rest.data], rest.has_more) == ([MAX_STEP], False)
+    # The last deletion of step 2 is the one shown, as an aware UTC datetime.
+    assert everything.data[1].deleted_at > everything.data[0].deleted_at
+    assert everything.data[0].deleted_at.utcoffset() is not None
+
+
+async def test_deleted_steps_of_an_unknown_or_other_entitys_model_is_model_not_found(
+    storage: Storage, model: Model
+) -> None:
+    for entity, model_id in ((OTHER_ENTITY, model.id), (ENTITY, str(uuid.uuid4()))):
+        with pytest.raises(ModelNotFound):
+            await storage.list_deleted_steps(entity, model_id, after_step=None, limit=10)

@@ -34,10 +34,12 @@ ORDER = click.Choice(LIST_ORDERS)
 
 
 @click.group(
-    cls=APIGroup, epilog="Example: ckpt checkpoints list 0b9e6c1e-... --order desc --limit 5"
+    cls=APIGroup, epilog="Example: ckpt checkpoints list rl/agent-7 --order desc --limit 5"
 )
 def checkpoints() -> None:
-    """List, register, inspect, delete and prune a model's checkpoints."""
+    """List, register, inspect, delete and prune a model's checkpoints.
+
+    MODEL is a model id or PROJECT/NAME (e.g. rl/agent-7)."""
 
 
 def parse_metrics(pairs: tuple[str, ...], metrics_json: str | None) -> dict[str, float]:
@@ -91,9 +93,15 @@ def parse_keep_best(raw: str | None) -> KeepBest | None:
     epilog="""\b
 Examples:
   ckpt checkpoints list 0b9e6c1e-... --order desc --limit 5
-  ckpt checkpoints list 0b9e6c1e-... --all --ndjson > checkpoints.ndjson""",
+  ckpt checkpoints list 0b9e6c1e-... --ndjson > checkpoints.ndjson
+  ckpt checkpoints list 0b9e6c1e-... --order desc --limit 5 --page --json
+
+\b
+--json and --ndjson are always complete: they walk every page (from
+--after on); --limit is then the page size. --page --json prints one page
+as the API's envelope, whose has_more and last_id say what follows.""",
 )
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @click.option("--order", type=ORDER, default=LIST_ORDER_DEFAULT, show_default=True, help="By step.")
 @click.option(
     "--limit",
@@ -103,7 +111,13 @@ Examples:
     help="Per page.",
 )
 @click.option("--after", help="Start after this checkpoint id (from a previous page).")
-@click.option("--all", "every_page", is_flag=True, help="Stream every page, not just one.")
+@click.option("--all", "every_page", is_flag=True, help="Table: stream every page, not just one.")
+@click.option(
+    "--page",
+    "one_page",
+    is_flag=True,
+    help="With --json: only one page, as the API's envelope (has_more, last_id).",
+)
 @format_options(ndjson=True)
 @with_client
 def list_checkpoints(
@@ -113,15 +127,31 @@ def list_checkpoints(
     limit: int,
     after: str | None,
     every_page: bool,
+    one_page: bool,
     fmt: Format,
 ) -> None:
-    """List a model's checkpoints by step: one page, or with --all every page as it arrives."""
+    """List a model's checkpoints by step. The table shows one page (with --all every page as
+    it arrives); --json and --ndjson always print every checkpoint."""
+    if one_page and fmt != "json":
+        raise click.UsageError("--page prints the API's page envelope: use it with --json.")
     page = client.checkpoints.list(model_id, order=order, limit=limit, after=after)
-    stream_checkpoints(page, fmt, every_page=every_page)
+    if one_page:
+        echo_json(
+            {
+                "object": "list",
+                "data": page.data,
+                "first_id": page.first_id,
+                "last_id": page.last_id,
+                "has_more": page.has_more,
+            }
+        )
+        return
+    # Machine output is complete, so a script never mistakes a first page for the whole list.
+    stream_checkpoints(page, fmt, every_page=every_page or fmt != "table")
 
 
 @checkpoints.command("get", epilog="Example: ckpt checkpoints get 0b9e6c1e-... 5d1f0a2b-... --json")
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @click.argument("checkpoint_id")
 @format_options()
 @with_client
@@ -141,7 +171,7 @@ Examples:
   ckpt checkpoints register 0b9e6c1e-... --step 500 --metric loss=0.42 --metric val/acc=0.9
   ckpt checkpoints register 0b9e6c1e-... --step 500 --metrics-json '{"loss": 0.42}'""",
 )
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @click.option("--step", type=click.IntRange(min=0), required=True)
 @click.option("--metric", "metric_pairs", multiple=True, metavar="NAME=VALUE", help="Repeatable.")
 @click.option("--metrics-json", metavar="JSON", help="All metrics as one JSON object.")
@@ -174,7 +204,7 @@ def register_checkpoint(
     "update",
     epilog="Example: ckpt checkpoints update 0b9e6c1e-... 5d1f0a2b-... --metric eval/acc=0.93",
 )
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @click.argument("checkpoint_id")
 @click.option("--metric", "metric_pairs", multiple=True, metavar="NAME=VALUE", help="Repeatable.")
 @click.option("--metrics-json", metavar="JSON", help="The metrics as one JSON object.")
@@ -203,7 +233,7 @@ def update_checkpoint(
 @checkpoints.command(
     "delete", epilog="Example: ckpt checkpoints delete 0b9e6c1e-... --step 100 --step 200"
 )
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @click.option(
     "--step", "steps", type=click.IntRange(min=0), multiple=True, required=True, help="Repeatable."
 )
@@ -221,7 +251,7 @@ def delete_checkpoints(client: Client, model_id: str, steps: tuple[int, ...], fm
 
 
 @checkpoints.command("latest", epilog="Example: ckpt checkpoints latest 0b9e6c1e-... --json")
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @format_options()
 @with_client
 def latest_checkpoint(client: Client, model_id: str, fmt: Format) -> None:
@@ -238,14 +268,22 @@ def latest_checkpoint(client: Client, model_id: str, fmt: Format) -> None:
 @checkpoints.command(
     "best", epilog="Example: ckpt checkpoints best 0b9e6c1e-... --metric val/loss --mode min"
 )
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @click.option("--metric", required=True, help="The metric to rank by.")
-@click.option("--mode", type=click.Choice(["max", "min"]), default="max", show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(["max", "min"]),
+    required=True,
+    help="max: the highest value is best (a reward, an accuracy); min: the lowest (a loss).",
+)
 @format_options()
 @with_client
 def best_checkpoint(client: Client, model_id: str, metric: str, mode: Any, fmt: Format) -> None:
-    """Show the checkpoint with the highest (or lowest) METRIC; ties go to the later step.
-    Fails with 404 when no checkpoint has the metric."""
+    """Show the checkpoint with the highest (--mode max) or lowest (--mode min) METRIC; ties go
+    to the later step. Fails with 404 when no checkpoint has the metric.
+
+    --mode is required: no default can be right for both a loss and a reward, and a wrong one
+    would print the worst checkpoint as the best."""
     checkpoint = client.checkpoints.best(model_id, metric=metric, mode=mode)
     if fmt == "table":
         print_checkpoint(checkpoint)
@@ -260,7 +298,7 @@ Example (see what would go, then do it):
   ckpt checkpoints retention 0b9e6c1e-... --keep-latest 2 --keep-best val/reward:max:3 --dry-run
   ckpt checkpoints retention 0b9e6c1e-... --keep-latest 2 --keep-best val/reward:max:3""",
 )
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @click.option("--keep-latest", type=click.IntRange(min=0), required=True, metavar="N")
 @click.option(
     "--keep-best",

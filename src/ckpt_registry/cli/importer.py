@@ -1,45 +1,30 @@
-"""`ckpt import`: register checkpoints that other tools wrote to disk."""
+"""`ckpt import`: register checkpoints that other tools wrote to disk (the work is the SDK's
+``ckpt_registry.integrations.hf_trainer.import_trainer_output``; this renders it)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from ..client import Client, ConflictError, UnprocessableEntityError
-from ..integrations._upload import upload_folder
+from ..client import Client
 from ..integrations.hf_trainer import (
-    CorruptCheckpoint,
-    MetricConflict,
+    ImportReport,
     TrainerCheckpoint,
-    metrics_at_step,
+    base_model_from_config,
+    import_trainer_output,
     read_trainer_checkpoints,
-    register_or_merge,
 )
-from .output import APIGroup, Format, console, echo_json, format_options, with_client
+from .output import APIGroup, Format, console, echo_json, find_model, format_options, with_client
 
 __all__ = ["import_group"]
-
-
-@dataclass
-class ImportReport:
-    registered: list[int] = field(default_factory=list)
-    already_present: list[int] = field(default_factory=list)
-    merged: list[int] = field(default_factory=list)  # registered before; metrics it lacked added
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-    # With --with-files: step -> number of files sent (files already there are sent again and
-    # accepted as the same content).
-    uploaded: dict[int, int] = field(default_factory=dict)
 
 
 @click.group(
     "import",
     cls=APIGroup,
-    epilog="Example: ckpt import hf-trainer ./outputs/run-3 --model 0b9e6c1e-...",
+    epilog="Example: ckpt import hf-trainer ./outputs/run-3 --model hf/run-3 --create",
 )
 def import_group() -> None:
     """Register checkpoints that a training framework wrote to disk."""
@@ -50,17 +35,31 @@ def import_group() -> None:
     epilog="""\b
 Examples:
   ckpt import hf-trainer ./outputs/run-3 --model 0b9e6c1e-...
-  ckpt import hf-trainer ./outputs/run-3 --model 0b9e6c1e-... --with-files
+  ckpt import hf-trainer ./outputs/run-3 --model hf/run-3 --create --with-files
 
 \b
-Exit status: 0 when every checkpoint folder is registered, merged or
-already present (and, with --with-files, its files uploaded); 1 when any
-folder was skipped (missing or corrupt trainer_state.json, a metric
-registered with another value, files the server refused), so scripts
-notice; the skipped folders are listed on stderr.""",
+Exit status: 0 when every checkpoint folder is registered, merged,
+already present or left deleted (and, with --with-files, its files
+uploaded); 1 when any folder was skipped (missing or corrupt
+trainer_state.json, a metric registered with another value, files the
+server refused), so scripts notice; the skipped folders are listed on
+stderr. Registered steps with no folder here are reported, not an error.""",
 )
 @click.argument("output_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--model", "model_id", required=True, help="The model to register them under.")
+@click.option(
+    "--model",
+    "model_ref",
+    required=True,
+    metavar="MODEL",
+    help="The model to register them under: its id, or PROJECT/NAME.",
+)
+@click.option(
+    "--create",
+    is_flag=True,
+    help="Create the model PROJECT/NAME when there is none (base model: --base-model, else "
+    "_name_or_path in the checkpoints' config.json).",
+)
+@click.option("--base-model", help="With --create: the model it was trained from.")
 @click.option(
     "--with-files",
     is_flag=True,
@@ -72,27 +71,38 @@ notice; the skipped folders are listed on stderr.""",
     help="Also import timing metrics (*_runtime, *_per_second), left out by default: they "
     "differ on every run.",
 )
+@click.option(
+    "--include-deleted",
+    is_flag=True,
+    help="Also register steps that were deleted on the server (by a person or retention); "
+    "left deleted by default.",
+)
 @format_options()
 @with_client
 def import_hf_trainer(
     client: Client,
     output_dir: Path,
-    model_id: str,
+    model_ref: str,
+    create: bool,
+    base_model: str | None,
     with_files: bool,
     include_timing: bool,
+    include_deleted: bool,
     fmt: Format,
 ) -> None:
     """Register every checkpoint-N folder of a Hugging Face Trainer OUTPUT_DIR as step N, with
     the metrics logged at step N in that folder's trainer_state.json.
 
     Safe to re-run: a step already registered gets the metrics it lacks (equal values are fine;
-    another value for a metric it has is reported, naming both), and files already uploaded
-    are accepted as they are.
+    another value for a metric it has is reported, naming both), files already uploaded are
+    accepted as they are, and a step deleted since (by a person or retention) stays deleted.
     """
+    if base_model is not None and not create:
+        raise click.UsageError("--base-model goes with --create (an existing model keeps its own).")
     found = read_trainer_checkpoints(output_dir)
     if not found:
         raise click.ClickException(f"No checkpoint-N folders in {output_dir}")
-    report = ImportReport()
+    model_id = _model_id(client, model_ref, create, base_model, found)
     err = console(stderr=True)
     with Progress(
         TextColumn("{task.description}"),
@@ -104,58 +114,89 @@ def import_hf_trainer(
         disable=not err.is_terminal,
     ) as progress:
         task = progress.add_task("Importing", total=len(found))
-        for checkpoint in found:
-            _import_one(client, model_id, checkpoint, report, err, with_files, include_timing)
+
+        def on_folder(checkpoint: TrainerCheckpoint, reason: str | None) -> None:
+            if reason is not None:
+                err.print(f"Skipped {checkpoint.folder.name}: {reason}")
             progress.advance(task)
+
+        report = import_trainer_output(
+            client,
+            model_id,
+            output_dir,
+            with_files=with_files,
+            include_timing=include_timing,
+            include_deleted=include_deleted,
+            on_folder=on_folder,
+        )
     if fmt != "table":
         echo_json(report)
     else:
-        line = (
-            f"{len(report.registered)} registered, {len(report.already_present)} already "
-            f"present, {len(report.merged)} merged, {len(report.skipped)} skipped "
-            f"({len(found)} checkpoint folders)."
-        )
-        if with_files:
-            line += f" {sum(report.uploaded.values())} files uploaded."
-        console().print(line)
+        _print_report(report, len(found), with_files)
     if report.skipped:
         click.get_current_context().exit(1)
 
 
-def _import_one(
+def _model_id(
     client: Client,
-    model_id: str,
-    checkpoint: TrainerCheckpoint,
-    report: ImportReport,
-    err: Console,
-    with_files: bool,
-    include_timing: bool,
-) -> None:
-    # Metrics are read completely before anything is sent, so a bad folder is never half-imported.
-    # Errors that concern only this folder skip it; any other (unknown model, bad key, server
-    # down) stops the import, since every other folder would fail the same way.
-    name = checkpoint.folder.name
-    try:
-        metrics = metrics_at_step(checkpoint.folder, checkpoint.step, include_timing=include_timing)
-        result = register_or_merge(client, model_id, checkpoint.step, metrics)
-    except (CorruptCheckpoint, MetricConflict) as exc:
-        reason = str(exc)
-    except UnprocessableEntityError as exc:
-        reason = exc.message
-    else:
-        {
-            "registered": report.registered,
-            "present": report.already_present,
-            "merged": report.merged,
-        }[result.outcome].append(checkpoint.step)
-        if not with_files:
-            return
-        try:
-            report.uploaded[checkpoint.step] = upload_folder(
-                client, model_id, result.checkpoint.id, checkpoint.folder
-            )
-            return
-        except (ConflictError, UnprocessableEntityError) as exc:
-            reason = f"files: {exc.message}"
-    report.skipped.append({"step": checkpoint.step, "folder": name, "reason": reason})
-    err.print(f"Skipped {name}: {reason}")
+    ref: str,
+    create: bool,
+    base_model: str | None,
+    found: list[TrainerCheckpoint],
+) -> str:
+    if "/" not in ref:
+        if create:
+            raise click.UsageError("--create needs the model as PROJECT/NAME.")
+        return ref
+    model = find_model(client, ref)
+    if model is not None:
+        return model.id
+    if not create:
+        raise click.ClickException(
+            f"No model {ref} (PROJECT/NAME) for this key: add --create to make it, "
+            "or see `ckpt models list`"
+        )
+    base_model = base_model or base_model_from_config(found)
+    if base_model is None:
+        raise click.UsageError(
+            "--create needs --base-model: no checkpoint's config.json names the model it was "
+            "trained from (_name_or_path)."
+        )
+    project, name = ref.split("/", 1)
+    model = client.models.create(
+        project=project, name=name, base_model=base_model, return_existing=True
+    )
+    console(stderr=True).print(f"Created model {ref} ({model.id}) from {base_model}.")
+    return model.id
+
+
+def _print_report(report: ImportReport, folders: int, with_files: bool) -> None:
+    line = (
+        f"{len(report.registered)} registered, {len(report.already_present)} already "
+        f"present, {len(report.merged)} merged, {len(report.skipped)} skipped"
+    )
+    if report.deleted:
+        line += f", {len(report.deleted)} left deleted"
+    line += f" ({folders} checkpoint folders)."
+    if with_files:
+        line += f" {sum(report.uploaded.values())} files uploaded."
+    console().print(line)
+    err = console(stderr=True)
+    if report.deleted:
+        err.print(
+            f"Left deleted (by a person or retention): steps {_steps(report.deleted)}; "
+            "--include-deleted registers them again."
+        )
+    if report.not_on_disk:
+        err.print(
+            f"Registered but not in this folder (removed by save_total_limit?): steps "
+            f"{_steps(report.not_on_disk)}."
+        )
+    if report.without_files:
+        err.print(f"Registered without files: steps {_steps(report.without_files)}.")
+
+
+def _steps(steps: list[int], shown: int = 20) -> str:
+    # A long-running model can have thousands: a line, not a screenful (--json has them all).
+    listed = ", ".join(map(str, steps[:shown]))
+    return listed if len(steps) <= shown else f"{listed}, ... ({len(steps)} in all)"

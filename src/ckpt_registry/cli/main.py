@@ -1,467 +1,94 @@
-"""`ckpt`: serve the registry, manage its database and keys; models and checkpoints via the SDK."""
+"""`ckpt`: models, checkpoints and imports over the SDK; `serve`, `db` and `keys` on the server's
+database, loaded only when one of them runs, so a client-only install never imports the server."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any, TypeVar
+import importlib
+from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import click
-import sqlalchemy.exc
-from pydantic import ValidationError
-from rich.console import Console
 
-from ..backup import BackupRefused, backup, restore
-from ..blobs import default_blob_url, open_blob_store
-from ..blobs.copy import copy_store
-from ..blobs.errors import BlobError
-from ..collector import Collected, collect
-from ..keys import generate_key, hash_key
-from ..storage import Storage, open_storage
-from ..storage.compat import (
-    copy_problem,
-    other_servers_problem,
-    schema_problem,
-    sqlite_write_problem,
-)
-from ..storage.copy import CopyRefused, copy_database, finish_copy
-from ..storage.errors import StorageError
-from ..storage.migrate import downgrade, upgrade
-from ..storage.urls import UnsupportedDatabaseUrl, redacted
 from .checkpoints import checkpoints
 from .importer import import_group
 from .models import models
 
-T = TypeVar("T")
+__all__ = ["SERVER_EXTRA_HINT", "cli"]
 
-DEFAULT_DATABASE_URL = "sqlite:///./ckpt.db"
+# The commands of cli/server.py and what each is about, shown by `ckpt --help` even when the
+# server part is not installed.
+SERVER_COMMANDS = {
+    "serve": "Migrate the database, make a first key if there is none, and serve the API.",
+    "db": "Create, upgrade and clean the database.",
+    "keys": "Create, list and revoke API keys (stored only as sha256 hashes).",
+}
 
-database_url_option = click.option(
-    "--database-url",
-    envvar="CKPT_DATABASE_URL",
-    default=DEFAULT_DATABASE_URL,
-    show_default=True,
-    help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB (env CKPT_DATABASE_URL).",
+# The top-level packages of the `[server]` extra: missing one means a client-only install.
+SERVER_PACKAGES = frozenset(
+    {
+        "alembic",
+        "asyncpg",
+        "fastapi",
+        "orjson",
+        "prometheus_client",
+        "pydantic",
+        "pydantic_core",
+        "pydantic_settings",
+        "sqlalchemy",
+        "starlette",
+        "uvicorn",
+    }
+)
+
+SERVER_EXTRA_HINT = (
+    "`ckpt {command}` needs the server, which this install does not have (no module {module!r}): "
+    "pip install 'ckpt-registry[server]'"
 )
 
 
-blob_url_option = click.option(
-    "--blob-url",
-    envvar="CKPT_BLOB_URL",
-    default=None,
-    help="Where file contents live: a folder or s3://BUCKET/PREFIX (env CKPT_BLOB_URL; "
-    "default: a folder beside the SQLite file, or ./ckpt-blobs).",
-)
+class CLI(click.Group):
+    """The `ckpt` group: client commands imported at start, server commands on first use."""
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *SERVER_COMMANDS])
 
-class Group(click.Group):
-    """A group whose commands report expected failures as one line on stderr, never a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in SERVER_COMMANDS:
+            return super().get_command(ctx, cmd_name)
         try:
-            return super().invoke(ctx)
-        except (StorageError, UnsupportedDatabaseUrl) as exc:
-            raise click.ClickException(str(exc)) from exc
+            server = importlib.import_module(".server", __package__)
+        except ModuleNotFoundError as exc:
+            module = (exc.name or "").partition(".")[0]
+            if module not in SERVER_PACKAGES:
+                raise
+            return _missing_server(cmd_name, module)
+        command: click.Command = getattr(server, cmd_name)
+        return command
 
 
-def with_storage(url: str, action: Callable[[Storage], Awaitable[T]]) -> T:
-    async def run() -> T:
-        storage = open_storage(url)
-        await storage.open()
-        try:
-            return await action(storage)
-        finally:
-            await storage.close()
+def _missing_server(name: str, module: str) -> click.Command:
+    """A stand-in for a server command that says what to install, whatever it is given."""
 
-    return asyncio.run(run())
+    def explain(**_: Any) -> None:
+        raise click.ClickException(SERVER_EXTRA_HINT.format(command=name, module=module))
+
+    return click.Command(
+        name,
+        callback=explain,
+        help=f"{SERVER_COMMANDS[name]} (needs: pip install 'ckpt-registry[server]')",
+        short_help=f"{SERVER_COMMANDS[name]} [needs the server extra]",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=False,
+    )
 
 
 @click.group(
-    cls=Group,
+    cls=CLI,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Example: ckpt serve, then ckpt models create --project rl --name agent-7 --base-model Qwen/Qwen2.5-7B",
 )
 @click.version_option(package_name="ckpt-registry")
 def cli() -> None:
     """ckpt-registry: a self-hostable model checkpoint registry (W&B Training compatible)."""
-
-
-@cli.command(
-    epilog="Example: ckpt serve --database-url sqlite:///./ckpt.db --port 8000",
-)
-@database_url_option
-@blob_url_option
-@click.option("--host", envvar="CKPT_HOST", default="127.0.0.1", show_default=True)
-@click.option("--port", envvar="CKPT_PORT", default=8000, show_default=True, type=int)
-@click.option("--workers", envvar="CKPT_WORKERS", default=1, show_default=True, type=int)
-@click.option(
-    "--access-log/--no-access-log",
-    envvar="CKPT_ACCESS_LOG",
-    default=False,
-    show_default=True,
-    help="Log one line per request: method, route template, status, duration, request id.",
-)
-@click.option(
-    "--log-format",
-    envvar="CKPT_LOG_FORMAT",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: one JSON object per line (env CKPT_LOG_FORMAT).",
-)
-@click.option(
-    "--metrics",
-    envvar="CKPT_METRICS",
-    default="on",
-    show_default=True,
-    help="Prometheus metrics: off, on (GET /metrics on --port) or a port to serve them on "
-    "alone (env CKPT_METRICS).",
-)
-@click.option(
-    "--api-docs/--no-api-docs",
-    envvar="CKPT_API_DOCS",
-    default=False,
-    show_default=True,
-    help="Serve the interactive API pages /docs and /redoc (they load scripts from a public CDN); "
-    "/openapi.json is always served.",
-)
-def serve(
-    database_url: str,
-    blob_url: str | None,
-    host: str,
-    port: int,
-    workers: int,
-    access_log: bool,
-    log_format: str,
-    metrics: str,
-    api_docs: bool,
-) -> None:
-    """Migrate the database, make a first key if there is none, and serve the API."""
-    from ..server import Settings
-    from ..server.serving import run_server
-
-    if blob_url:
-        os.environ["CKPT_BLOB_URL"] = blob_url
-    os.environ.update(
-        CKPT_DATABASE_URL=database_url,
-        CKPT_HOST=host,
-        CKPT_PORT=str(port),
-        CKPT_WORKERS=str(workers),
-        CKPT_ACCESS_LOG="true" if access_log else "false",
-        CKPT_LOG_FORMAT=log_format,
-        CKPT_METRICS=metrics,
-        CKPT_API_DOCS="true" if api_docs else "false",
-    )
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            (f"CKPT_{'_'.join(map(str, error['loc'])).upper()}: " if error["loc"] else "")
-            + str(error["msg"]).removeprefix("Value error, ")
-            for error in exc.errors()
-        )
-        raise click.ClickException(f"invalid settings: {problems}") from None
-    try:
-        problem = (
-            sqlite_write_problem(database_url)
-            or schema_problem(database_url)
-            or copy_problem(database_url)
-            or other_servers_problem(database_url)
-        )
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        problem = f"cannot reach the database at {redacted(database_url)}: {exc}"
-    if problem is not None:
-        raise click.ClickException(f"not starting: {problem}")
-    try:
-        upgrade(database_url)
-    except sqlalchemy.exc.OperationalError as exc:
-        # One line, not Alembic's traceback: a database that cannot be written (a read-only mount,
-        # a file of another user that `os.access` could not tell), locked or gone.
-        raise click.ClickException(
-            f"not starting: the database could not be migrated: {exc.orig}; "
-            "check that this user can write it and its folder"
-        ) from None
-    if host in ("0.0.0.0", "::", ""):
-        click.echo(
-            f"warning: listening on every network interface ({host or '*'}): anyone who can reach "
-            "this machine can reach the API; put it behind TLS and a firewall, or use "
-            "--host 127.0.0.1",
-            err=True,
-        )
-    problem = asyncio.run(blob_store_problem(settings.blob_store_url))
-    if problem is not None:
-        raise click.ClickException(f"not starting: {problem}")
-    first_key = with_storage(database_url, create_first_key)
-    if first_key is not None:
-        click.echo(
-            f"Created an API key for entity 'default' (shown once, store it now):\n{first_key}"
-        )
-    run_server(settings)
-
-
-async def blob_store_problem(url: str) -> str | None:
-    """Why the blob store cannot take files (a probe write failed), or None."""
-    try:
-        blobs = open_blob_store(url)
-    except BlobError as exc:
-        return str(exc)
-    try:
-        await blobs.open()
-        await blobs.check()
-    except BlobError as exc:
-        return f"the blob store {redacted(url)} is not writable: {exc}"
-    finally:
-        await blobs.close()
-    return None
-
-
-async def create_first_key(storage: Storage) -> str | None:
-    if await storage.count_keys() > 0:
-        return None
-    key = generate_key()
-    await storage.create_key("default", "default", hash_key(key))
-    return key
-
-
-# Database -------------------------------------------------------------------------------------
-
-
-@cli.group(cls=Group, epilog="Example: ckpt db upgrade --database-url sqlite:///./ckpt.db")
-def db() -> None:
-    """Create, upgrade and clean the database."""
-
-
-@db.command("upgrade", epilog="Example: ckpt db upgrade --database-url sqlite:///./ckpt.db")
-@database_url_option
-@click.option("--revision", default="head", show_default=True)
-def db_upgrade(database_url: str, revision: str) -> None:
-    """Apply the migrations up to REVISION (creates the schema on an empty database)."""
-    upgrade(database_url, revision)
-    click.echo(f"database at {revision}")
-
-
-@db.command("downgrade", epilog="Example: ckpt db downgrade base")
-@database_url_option
-@click.argument("revision")
-def db_downgrade(database_url: str, revision: str) -> None:
-    """Revert the migrations down to REVISION (`base` removes every table)."""
-    downgrade(database_url, revision)
-    click.echo(f"database at {revision}")
-
-
-@db.command("gc", epilog="Example: ckpt db gc --older-than 86400")
-@database_url_option
-@blob_url_option
-@click.option(
-    "--older-than",
-    type=float,
-    default=24 * 3600,
-    show_default=True,
-    help="Purge tombstones of checkpoints deleted more than this many seconds ago.",
-)
-@click.option(
-    "--blob-grace",
-    type=float,
-    default=3600,
-    show_default=True,
-    help="Remove unreferenced blobs untouched for more than this many seconds.",
-)
-@click.option(
-    "--upload-ttl",
-    type=float,
-    default=7 * 24 * 3600,
-    show_default=True,
-    help="Forget resumable uploads started more than this many seconds ago.",
-)
-def db_gc(
-    database_url: str, blob_url: str | None, older_than: float, blob_grace: float, upload_ttl: float
-) -> None:
-    """Finish model deletes cut short, purge old tombstones (their cursors then expire), forget
-    expired uploads, and remove blobs no file references."""
-    store_url = blob_url or default_blob_url(database_url)
-
-    async def run(storage: Storage) -> Collected:
-        blobs = open_blob_store(store_url) if store_url else None
-        if blobs is not None:
-            await blobs.open()
-        try:
-            return await collect(
-                storage,
-                blobs,
-                tombstone_ttl=older_than,
-                blob_grace=blob_grace,
-                upload_ttl=upload_ttl,
-            )
-        finally:
-            if blobs is not None:
-                await blobs.close()
-
-    done = with_storage(database_url, run)
-    if done.finished_models:
-        click.echo(f"finished deleting {done.finished_models} deleted models")
-    click.echo(f"purged {done.tombstones} tombstones")
-    if store_url:
-        click.echo(f"removed {done.blobs} unreferenced blobs ({done.freed_bytes} bytes)")
-    else:
-        click.echo("blobs not collected: name the blob store with --blob-url (CKPT_BLOB_URL)")
-
-
-@db.command(
-    "backup",
-    epilog="Example: ckpt db backup /backups/ckpt-$(date +%F) --database-url sqlite:///./ckpt.db",
-)
-@database_url_option
-@blob_url_option
-@click.argument("dest", type=click.Path(path_type=Path))
-def db_backup(database_url: str, blob_url: str | None, dest: Path) -> None:
-    """Snapshot a SQLite database while it serves, with every blob its files name, into DEST (a new
-    folder). For PostgreSQL it says how to use pg_dump instead."""
-    store_url = blob_url or default_blob_url(database_url)
-    try:
-        done = asyncio.run(backup(database_url, store_url, dest))
-    except (BackupRefused, BlobError) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(
-        f"backed up schema {done.revision}: {done.models} models, {done.checkpoints} checkpoints, "
-        f"{done.files} files ({done.blobs} blobs, {done.blob_bytes} bytes) into {dest}"
-    )
-
-
-@db.command(
-    "restore",
-    epilog="Example: ckpt db restore /backups/ckpt-2026-12-04 --database-url sqlite:///./ckpt.db",
-)
-@database_url_option
-@blob_url_option
-@click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
-def db_restore(database_url: str, blob_url: str | None, src: Path) -> None:
-    """Bring back a `ckpt db backup` folder as a new SQLite database (never over an existing one)
-    and its blobs into the blob store; `ckpt serve` then upgrades its schema if it is older."""
-    store_url = blob_url or default_blob_url(database_url)
-    try:
-        done = asyncio.run(restore(src, database_url, store_url))
-    except (BackupRefused, BlobError) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(
-        f"restored schema {done.revision}: {done.models} models, {done.checkpoints} checkpoints, "
-        f"{done.files} files ({done.blobs} blobs copied) into {redacted(database_url)}"
-    )
-
-
-@db.command(
-    "copy",
-    epilog="Example: ckpt db copy --from sqlite:///./ckpt.db --to postgresql://ckpt@db/ckpt "
-    "--blob-from ./ckpt.db-blobs --blob-to s3://bucket/ckpt",
-)
-@click.option("--from", "from_url", required=True, help="The SQLite database: sqlite:///PATH.")
-@click.option("--to", "to_url", required=True, help="An empty PostgreSQL database.")
-@click.option("--blob-from", help="The blob store the files are in now (default: beside the file).")
-@click.option("--blob-to", help="The blob store the new servers will use: a folder or s3://...")
-def db_copy(from_url: str, to_url: str, blob_from: str | None, blob_to: str | None) -> None:
-    """Copy every key, model, checkpoint, metric, tombstone and file record from SQLite into an
-    empty PostgreSQL database (ids unchanged: clients keep their ids and cursors), and the blobs
-    between stores, verifying each digest. Run it again to finish a copy cut short."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    blob_from = blob_from or (default_blob_url(from_url) if blob_to else None)
-    if blob_to and blob_from == blob_to:
-        raise click.ClickException("--blob-from and --blob-to name the same store")
-    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=Console(stderr=True)) as progress:
-        tasks: dict[str, Any] = {}
-
-        def on_rows(table: str, rows: int, total: int) -> None:
-            if table not in tasks:
-                tasks[table] = progress.add_task(table, total=total)
-            progress.advance(tasks[table], rows)
-
-        try:
-            done = asyncio.run(copy_database(from_url, to_url, on_rows))
-        except CopyRefused as exc:
-            raise click.ClickException(str(exc)) from None
-        if done.sha256s and blob_to:
-            assert blob_from is not None
-            blob_task = progress.add_task("blobs", total=len(done.sha256s))
-            try:
-                copied, copied_bytes = asyncio.run(
-                    copy_store(
-                        blob_from, blob_to, done.sha256s, lambda *_: progress.advance(blob_task)
-                    )
-                )
-            except BlobError as exc:
-                raise click.ClickException(f"copying blobs: {exc}") from None
-    if done.sha256s and not blob_to:
-        click.echo(
-            f"{len(done.sha256s)} blobs not copied: the new servers must use the same store, "
-            "or run again with --blob-to",
-            err=True,
-        )
-    asyncio.run(finish_copy(to_url))
-    rows = ", ".join(f"{n} {table}" for table, n in done.rows.items())
-    click.echo(f"copied {rows}; {done.models_compared} models compared on both sides: identical")
-    if done.sha256s and blob_to:
-        click.echo(f"blobs: {copied} copied ({copied_bytes} bytes), every digest verified")
-
-
-# Keys -----------------------------------------------------------------------------------------
-
-
-@cli.group(cls=Group, epilog="Example: ckpt keys create --entity my-team --name laptop")
-def keys() -> None:
-    """Create, list and revoke API keys (stored only as sha256 hashes)."""
-
-
-@keys.command(
-    "create",
-    epilog="Example: ckpt keys create --entity my-team --name inference --read-only",
-)
-@database_url_option
-@click.option("--entity", required=True, help="The entity (team or user) the key acts for.")
-@click.option("--name", default="", help="A label to recognise the key by.")
-@click.option(
-    "--read-only",
-    is_flag=True,
-    help="The key lists, reads and downloads, and gets 403 on every write (for an inference "
-    "server or a CI job that only pulls checkpoints).",
-)
-def keys_create(database_url: str, entity: str, name: str, read_only: bool) -> None:
-    """Create a key; it is printed once, alone on the last line."""
-    key = generate_key()
-    created = with_storage(
-        database_url,
-        lambda storage: storage.create_key(entity, name, hash_key(key), read_only=read_only),
-    )
-    scope = "read-only key" if read_only else "key"
-    click.echo(
-        f"Created {scope} {created.id} for entity {entity!r}; store it now, it is not shown again:",
-        err=True,
-    )
-    click.echo(key)
-
-
-@keys.command("list", epilog="Example: ckpt keys list")
-@database_url_option
-def keys_list(database_url: str) -> None:
-    """List keys (never the keys themselves): id, entity, name, scope, created, state."""
-    for key in with_storage(database_url, lambda storage: storage.list_keys()):
-        state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
-        scope = "read-only" if key.read_only else "read-write"
-        click.echo(
-            f"{key.id}  {key.entity}  {key.name or '-'}  {scope}  "
-            f"{key.created_at.isoformat()}  {state}"
-        )
-
-
-@keys.command("revoke", epilog="Example: ckpt keys revoke 6f1c...")
-@database_url_option
-@click.argument("key_id")
-def keys_revoke(database_url: str, key_id: str) -> None:
-    """Revoke a key by its id (from `ckpt keys list`); requests with it get 401 at once."""
-    key = with_storage(database_url, lambda storage: storage.revoke_key(key_id))
-    click.echo(f"revoked {key.id} ({key.entity})")
 
 
 cli.add_command(models)

@@ -24,7 +24,9 @@ __all__ = ["models"]
 
 @click.group(cls=APIGroup, epilog="Example: ckpt models list --project rl")
 def models() -> None:
-    """Create, list, inspect and delete models (talks to a running registry)."""
+    """Create, list, inspect and delete models (talks to a running registry).
+
+    MODEL is a model id or PROJECT/NAME (e.g. rl/agent-7)."""
 
 
 @models.command(
@@ -95,7 +97,7 @@ def list_models(client: Client, project: str | None, order: Any, limit: int, fmt
 
 
 @models.command("get", epilog="Example: ckpt models get 0b9e6c1e-...")
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @format_options()
 @with_client
 def get_model(client: Client, model_id: str, fmt: Format) -> None:
@@ -108,7 +110,7 @@ def get_model(client: Client, model_id: str, fmt: Format) -> None:
 
 
 @models.command("delete", epilog="Example: ckpt models delete 0b9e6c1e-... --yes")
-@click.argument("model_id")
+@click.argument("model_id", metavar="MODEL")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @format_options()
 @with_client

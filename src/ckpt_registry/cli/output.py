@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -32,10 +33,12 @@ __all__ = [
     "Format",
     "console",
     "echo_json",
+    "find_model",
     "format_options",
     "print_checkpoint",
     "print_model",
     "print_models",
+    "resolve_model",
     "stream_checkpoints",
     "to_json",
     "with_client",
@@ -44,6 +47,36 @@ __all__ = [
 Format = Literal["table", "json", "ndjson"]
 
 MISSING_API_KEY = "No API key: pass --api-key or set CKPT_API_KEY (`ckpt keys create` makes one)."
+
+# The ids the API hands out; anything else with a '/' is read as PROJECT/NAME.
+_MODEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def find_model(client: Client, ref: str) -> Model | None:
+    """The model ``ref`` names as ``PROJECT/NAME`` (None when there is none). Both parts may
+    hold '/' themselves: every split is tried, and one that matches two models is an error."""
+    found = []
+    for cut in (i for i, char in enumerate(ref) if char == "/"):
+        project, name = ref[:cut], ref[cut + 1 :]
+        if project and name and (model := client.models.find(project=project, name=name)):
+            found.append(model)
+    if len(found) > 1:
+        names = ", ".join(f"project {m.project!r} name {m.name!r}" for m in found)
+        raise click.ClickException(f"{ref} names more than one model ({names}): use its id")
+    return found[0] if found else None
+
+
+def resolve_model(client: Client, ref: str) -> str:
+    """The id of the model ``ref`` names: a model id as it is, or ``PROJECT/NAME`` looked up
+    among the key's entity's models."""
+    if _MODEL_ID.fullmatch(ref) or "/" not in ref:
+        return ref  # an id; an unknown one is the API's 404 "Model not found"
+    model = find_model(client, ref)
+    if model is None:
+        raise click.ClickException(
+            f"No model {ref} (PROJECT/NAME) for this key: `ckpt models list`"
+        )
+    return model.id
 
 
 class APIGroup(click.Group):
@@ -64,7 +97,9 @@ class APIGroup(click.Group):
 
 
 def with_client(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add ``--api-key`` and ``--base-url`` to a command and hand it a ``client``."""
+    """Add ``--api-key`` and ``--base-url`` to a command and hand it a ``client``; a
+    ``model_id`` argument may be given as an id or as ``PROJECT/NAME`` and reaches the command
+    as the id."""
 
     @click.option(
         "--api-key",
@@ -85,6 +120,8 @@ def with_client(command: Callable[..., Any]) -> Callable[..., Any]:
         client = click.get_current_context().with_resource(
             Client(api_key=api_key, base_url=base_url)
         )
+        if isinstance(kwargs.get("model_id"), str):
+            kwargs["model_id"] = resolve_model(client, kwargs["model_id"])
         return command(*args, client=client, **kwargs)
 
     return wrapper

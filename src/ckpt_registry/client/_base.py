@@ -19,7 +19,14 @@ from urllib.parse import quote
 
 import httpx
 
-from .errors import APIConnectionError, APIError, APITimeoutError, CkptError, status_error
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    CkptError,
+    InvalidIdError,
+    status_error,
+)
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -105,8 +112,19 @@ class APIRequest(Generic[T]):
         return replace(self, params={**(self.params or {}), **params})
 
 
-def path_segment(value: str) -> str:
-    """``value`` quoted as one path segment, so an id can never reach another route."""
+def path_segment(value: str, *, what: str = "id", reserved: frozenset[str] = frozenset()) -> str:
+    """``value`` quoted as one path segment, so an id can never reach another route.
+
+    Quoting is not enough for a few values: the server decodes ``%2F`` before routing, URLs drop
+    ``.`` and ``..`` segments, and a name in ``reserved`` is a sibling route (``.../best``).
+    Those raise :class:`InvalidIdError` before any request."""
+    if not value or value in (".", "..") or "/" in value or value in reserved:
+        hint = (
+            "; to find a model by its name: client.models.find(project=..., name=...)"
+            if what == "model id"
+            else ""
+        )
+        raise InvalidIdError(f"{value!r} is not a {what} (the API's ids are UUIDs{hint})")
     return quote(value, safe="")
 
 

@@ -1,6 +1,7 @@
 """Errors the SDK raises: one class per failure a caller can act on.
 
 CkptError                       the root: anything this SDK raises on purpose (e.g. no API key)
+ ├── InvalidIdError             an id that cannot be a URL path segment (e.g. "hf/run1"); no request
  └── APIError                   a request to the registry failed
       ├── APIConnectionError    the server could not be reached, or the connection broke
       │    └── APITimeoutError  the request timed out
@@ -30,6 +31,7 @@ __all__ = [
     "CkptError",
     "ConflictError",
     "InternalServerError",
+    "InvalidIdError",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -47,6 +49,12 @@ class CkptError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class InvalidIdError(CkptError, ValueError):
+    """An id that cannot be sent as one URL path segment ('/', '.', '..', a sibling route's
+    name): no request is made, since the server would route it elsewhere. The API's ids are
+    UUIDs; a model is found by its name with ``client.models.find(project=..., name=...)``."""
 
 
 class APIError(CkptError):

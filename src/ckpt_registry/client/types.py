@@ -10,6 +10,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointDetail",
     "CheckpointsDeleted",
+    "DeletedStep",
     "Model",
     "ModelDeleted",
     "Order",
@@ -139,6 +140,18 @@ class RetentionResult:
 def _metrics(raw: dict[str, Any]) -> dict[str, float]:
     # The server stores floats but JSON may carry `1` for `1.0`; give callers one type.
     return {name: float(value) for name, value in raw.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedStep:
+    """A step whose checkpoint was deleted and that has no live checkpoint now."""
+
+    step: int
+    deleted_at: datetime
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> DeletedStep:
+        return cls(step=body["step"], deleted_at=_timestamp(body["deleted_at"]))
 
 
 def _timestamp(raw: str) -> datetime:

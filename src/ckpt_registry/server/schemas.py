@@ -174,6 +174,19 @@ class RetentionResponse(BaseModel):
     )
 
 
+class DeletedStep(BaseModel):
+    step: int
+    deleted_at: str = Field(description="When the step's checkpoint was last deleted (UTC)")
+
+
+class DeletedStepList(BaseModel):
+    """A page of deleted steps by step; the next page is `after_step` = the last step here."""
+
+    object: Literal["list"] = "list"
+    data: list[DeletedStep]
+    has_more: bool
+
+
 class Health(BaseModel):
     pass
 

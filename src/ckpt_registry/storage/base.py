@@ -126,6 +126,20 @@ class RetentionResult:
 
 
 @dataclass(frozen=True, slots=True)
+class DeletedStep:
+    """A step with no live checkpoint that had one: ``deleted_at`` is its last deletion."""
+
+    step: int
+    deleted_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedStepPage:
+    data: list[DeletedStep]
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
 class DeleteResult:
     deleted_count: int
     not_found_steps: list[int]
@@ -257,6 +271,12 @@ class Storage(Protocol):
         self, entity: str, model_id: str, steps: list[int]
     ) -> DeleteResult:
         """Delete the live checkpoints at `steps`, leaving tombstones; unknown steps are reported."""
+
+    async def list_deleted_steps(
+        self, entity: str, model_id: str, *, after_step: int | None, limit: int
+    ) -> DeletedStepPage:
+        """The model's deleted steps (a tombstone, no live checkpoint) above `after_step`, by step:
+        what an import must not bring back. Tombstones are purged after a while (`ckpt db gc`)."""
 
     async def best_checkpoint(
         self, entity: str, model_id: str, metric: str, mode: Mode

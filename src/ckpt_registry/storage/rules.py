@@ -1,18 +1,19 @@
 """The registry's rules that do not depend on a database; both backends call these and only do SQL.
 
 What retention keeps, how a metrics merge works and where it stops, what a repeated registration
-means, which steps a delete reports, and which text can be stored are decided here, once.
+means, which steps a delete reports, how a page of deleted steps ends, and which text can be stored are decided here, once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import orjson
 
 from ..contract import MAX_METRICS, MAX_STEP
-from .base import BestRule, encode_metrics
+from .base import BestRule, DeletedStep, DeletedStepPage, encode_metrics
 from .errors import StepConflict, TooManyMetrics, UnstorableText
 
 
@@ -51,6 +52,15 @@ def possible_steps(steps: Iterable[int]) -> list[int]:
 def not_found_steps(requested: list[int], deleted: set[int]) -> list[int]:
     """The requested steps that had no live checkpoint, in request order (`requested` is unique)."""
     return [step for step in requested if step not in deleted]
+
+
+def deleted_step_page(rows: Sequence[tuple[int, datetime]], limit: int) -> DeletedStepPage:
+    """A page of deleted steps from at most `limit + 1` rows by step: the extra row only says
+    that more follow (as every list here, never from `len == limit`)."""
+    return DeletedStepPage(
+        [DeletedStep(int(step), deleted_at) for step, deleted_at in rows[:limit]],
+        len(rows) > limit,
+    )
 
 
 def check_repeat_registration(

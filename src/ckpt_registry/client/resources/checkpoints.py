@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ...contract import LIST_LIMIT_DEFAULT, LIST_ORDER_DEFAULT
+from ...contract import DELETED_STEPS_LIMIT_DEFAULT, LIST_LIMIT_DEFAULT, LIST_ORDER_DEFAULT
 from .._base import APIRequest, path_segment
 from ..pagination import AsyncPaginator, CursorPage, PageBody
 from ..types import (
     Checkpoint,
     CheckpointDetail,
     CheckpointsDeleted,
+    DeletedStep,
     Order,
     RegisteredCheckpoint,
     RetentionResult,
@@ -29,8 +30,17 @@ __all__ = ["AsyncCheckpoints", "Checkpoints", "KeepBest"]
 KeepBest = tuple[str, SortMode, int]
 
 
+# Routes beside `.../checkpoints/{checkpoint_id}`: a checkpoint id can never be one of them.
+_SIBLING_ROUTES = frozenset({"best", "deleted-steps", "retention", "steps"})
+
+
 def _checkpoints_path(model_id: str) -> str:
-    return f"preview/models/{path_segment(model_id)}/checkpoints"
+    return f"preview/models/{path_segment(model_id, what='model id')}/checkpoints"
+
+
+def _checkpoint_path(model_id: str, checkpoint_id: str) -> str:
+    segment = path_segment(checkpoint_id, what="checkpoint id", reserved=_SIBLING_ROUTES)
+    return f"{_checkpoints_path(model_id)}/{segment}"
 
 
 def _list(
@@ -89,7 +99,7 @@ def _register(
 def _get(model_id: str, checkpoint_id: str) -> APIRequest[CheckpointDetail]:
     return APIRequest(
         "GET",
-        f"{_checkpoints_path(model_id)}/{path_segment(checkpoint_id)}",
+        _checkpoint_path(model_id, checkpoint_id),
         lambda r: CheckpointDetail.from_json(r.json()),
         idempotent=True,
     )
@@ -110,7 +120,7 @@ def _update_metrics(
     # Not retried: a merge that raced with another update must not be replayed over it.
     return APIRequest(
         "PATCH",
-        f"{_checkpoints_path(model_id)}/{path_segment(checkpoint_id)}",
+        _checkpoint_path(model_id, checkpoint_id),
         lambda r: CheckpointDetail.from_json(r.json()),
         idempotent=False,
         json={"metrics": dict(metrics)},
@@ -124,6 +134,22 @@ def _delete(model_id: str, steps: Iterable[int]) -> APIRequest[CheckpointsDelete
         lambda r: CheckpointsDeleted.from_json(r.json()),
         idempotent=True,
         json={"steps": list(steps)},
+    )
+
+
+def _deleted_steps(
+    model_id: str, *, after_step: int | None, limit: int
+) -> APIRequest[tuple[list[DeletedStep], bool]]:
+    def page(response: httpx.Response) -> tuple[list[DeletedStep], bool]:
+        body: dict[str, Any] = response.json()
+        return [DeletedStep.from_json(item) for item in body["data"]], bool(body["has_more"])
+
+    return APIRequest(
+        "GET",
+        f"{_checkpoints_path(model_id)}/deleted-steps",
+        page,
+        idempotent=True,
+        params={"after_step": after_step, "limit": limit},
     )
 
 
@@ -199,10 +225,30 @@ class Checkpoints:
         """The checkpoint with the highest step, or None when the model has none."""
         return self._client._send(_latest(model_id))
 
+    def deleted_steps(
+        self,
+        model_id: str,
+        *,
+        after_step: int | None = None,
+        page_size: int = DELETED_STEPS_LIMIT_DEFAULT,
+    ) -> Iterator[DeletedStep]:
+        """Every step above ``after_step`` whose checkpoint was deleted (by a person or
+        retention) and that has no live checkpoint now, ascending, walking every page. Known as
+        long as the server keeps the tombstones (24 hours by default)."""
+        while True:
+            data, has_more = self._client._send(
+                _deleted_steps(model_id, after_step=after_step, limit=page_size)
+            )
+            yield from data
+            if not (has_more and data):
+                return
+            after_step = data[-1].step
+
     def best(self, model_id: str, *, metric: str, mode: SortMode = "max") -> CheckpointDetail:
-        """The checkpoint with the highest (``mode="max"``, the default, as the API's) or lowest
-        (``mode="min"``: pass it for a loss) ``metric``; ties go to the later step. Raises
-        :class:`NotFoundError` when no checkpoint has the metric."""
+        """The checkpoint with the highest ``metric`` (``mode="max"``, the default, as the
+        API's) or the lowest (``mode="min"``). The default suits a reward or an accuracy; for a
+        loss pass ``mode="min"``, or this returns the checkpoint with the *highest* loss. Ties go
+        to the later step. Raises :class:`NotFoundError` when no checkpoint has the metric."""
         return self._client._send(_best(model_id, metric=metric, mode=mode))
 
     def retention(
@@ -256,7 +302,26 @@ class AsyncCheckpoints:
     async def latest(self, model_id: str) -> Checkpoint | None:
         return await self._client._send(_latest(model_id))
 
+    async def deleted_steps(
+        self,
+        model_id: str,
+        *,
+        after_step: int | None = None,
+        page_size: int = DELETED_STEPS_LIMIT_DEFAULT,
+    ) -> AsyncIterator[DeletedStep]:
+        """As :meth:`Checkpoints.deleted_steps`."""
+        while True:
+            data, has_more = await self._client._send(
+                _deleted_steps(model_id, after_step=after_step, limit=page_size)
+            )
+            for item in data:
+                yield item
+            if not (has_more and data):
+                return
+            after_step = data[-1].step
+
     async def best(self, model_id: str, *, metric: str, mode: SortMode = "max") -> CheckpointDetail:
+        """As :meth:`Checkpoints.best`: ``mode`` defaults to ``"max"``; pass ``"min"`` for a loss."""
         return await self._client._send(_best(model_id, metric=metric, mode=mode))
 
     async def retention(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...contract import LIST_LIMIT_DEFAULT, LIST_ORDER_DEFAULT
+from ...contract import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, LIST_ORDER_DEFAULT
 from .._base import APIRequest, path_segment
 from ..pagination import AsyncPaginator, CursorPage, PageBody
 from ..types import Model, ModelDeleted, Order
@@ -51,7 +51,7 @@ def _list(
 def _get(model_id: str) -> APIRequest[Model]:
     return APIRequest(
         "GET",
-        f"preview/models/{path_segment(model_id)}",
+        f"preview/models/{path_segment(model_id, what='model id')}",
         lambda r: Model.from_json(r.json()),
         idempotent=True,
     )
@@ -60,7 +60,7 @@ def _get(model_id: str) -> APIRequest[Model]:
 def _delete(model_id: str) -> APIRequest[ModelDeleted]:
     return APIRequest(
         "DELETE",
-        f"preview/models/{path_segment(model_id)}",
+        f"preview/models/{path_segment(model_id, what='model id')}",
         lambda r: ModelDeleted.from_json(r.json()),
         idempotent=True,
     )
@@ -105,6 +105,14 @@ class Models:
     def get(self, model_id: str) -> Model:
         return self._client._send(_get(model_id))
 
+    def find(self, *, project: str, name: str) -> Model | None:
+        """The key's entity's live model named ``name`` in ``project``, or None (names are
+        unique among a project's live models)."""
+        for model in self.list(project=project, limit=LIST_LIMIT_MAX):
+            if model.name == name:
+                return model
+        return None
+
     def delete(self, model_id: str) -> ModelDeleted:
         """Delete a model and all its checkpoints."""
         return self._client._send(_delete(model_id))
@@ -145,6 +153,13 @@ class AsyncModels:
 
     async def get(self, model_id: str) -> Model:
         return await self._client._send(_get(model_id))
+
+    async def find(self, *, project: str, name: str) -> Model | None:
+        """As :meth:`Models.find`."""
+        async for model in self.list(project=project, limit=LIST_LIMIT_MAX):
+            if model.name == name:
+                return model
+        return None
 
     async def delete(self, model_id: str) -> ModelDeleted:
         return await self._client._send(_delete(model_id))

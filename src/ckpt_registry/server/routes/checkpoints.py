@@ -10,6 +10,8 @@ from starlette.responses import Response
 
 from ...contract import (
     CHECKPOINTS_PATH,
+    DELETED_STEPS_LIMIT_DEFAULT,
+    DELETED_STEPS_LIMIT_MAX,
     LIST_LIMIT_DEFAULT,
     LIST_LIMIT_MAX,
     LIST_LIMIT_MIN,
@@ -21,7 +23,7 @@ from ...storage.base import BestRule
 from ..auth import Entity, StorageDep
 from ..bodies import JSONBodyRoute
 from ..errors import RequestInvalid
-from ..responses import JSONBytes, checkpoint_detail, checkpoint_page_body
+from ..responses import JSONBytes, checkpoint_detail, checkpoint_page_body, timestamp
 from ..schemas import (
     MODEL_ERRORS,
     CheckpointCreate,
@@ -29,6 +31,7 @@ from ..schemas import (
     CheckpointResponse,
     DeleteCheckpointsRequest,
     DeleteCheckpointsResponse,
+    DeletedStepList,
     ErrorDetail,
     MetricName,
     MetricsUpdate,
@@ -122,6 +125,41 @@ async def best_checkpoint(
 ) -> Response:
     return JSONBytes(
         checkpoint_detail(await storage.best_checkpoint(entity, model_id, metric, mode))
+    )
+
+
+@router.get(
+    "/deleted-steps",
+    summary="List Deleted Steps",
+    response_model=DeletedStepList,
+    responses=MODEL_ERRORS,
+)
+async def list_deleted_steps(
+    model_id: str,
+    entity: Entity,
+    storage: StorageDep,
+    after_step: Annotated[
+        int | None,
+        Query(ge=0, le=MAX_STEP, description="Only steps above this one (the last of a page)"),
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=DELETED_STEPS_LIMIT_MAX, description="Steps per page")
+    ] = DELETED_STEPS_LIMIT_DEFAULT,
+) -> Response:
+    """Steps whose checkpoint was deleted (by a user or retention) and that have no live
+    checkpoint now, by step, each with its last deletion time: what an importer must not register
+    again unless asked. Known while the tombstones are kept (`ckpt db gc --older-than`, 24 h by
+    default)."""
+    page = await storage.list_deleted_steps(entity, model_id, after_step=after_step, limit=limit)
+    return JSONBytes(
+        {
+            "object": "list",
+            "data": [
+                {"step": deleted.step, "deleted_at": timestamp(deleted.deleted_at)}
+                for deleted in page.data
+            ],
+            "has_more": page.has_more,
+        }
     )
 
 

@@ -17,6 +17,7 @@ from ..base import (
     Checkpoint,
     CheckpointPage,
     CheckpointRow,
+    DeletedStepPage,
     DeleteResult,
     FilePage,
     FileRecord,
@@ -53,6 +54,7 @@ from .queries import (
     CHECKPOINT_DETAIL,
     DELETE_METRICS,
     DELETE_STEPS,
+    DELETED_STEPS,
     DROP_FILES,
     KEY_COLUMNS,
     LIVE_CHECKPOINT,
@@ -560,6 +562,24 @@ class PostgresStorage:
 
         deleted = await self.pool.run(work, idempotent=False)
         return DeleteResult(len(deleted), rules.not_found_steps(requested, deleted))
+
+    async def list_deleted_steps(
+        self, entity: str, model_id: str, *, after_step: int | None, limit: int
+    ) -> DeletedStepPage:
+        _known_model(entity, model_id)
+
+        async def work(connection: Connection) -> list[Any]:
+            async with connection.transaction(readonly=True):
+                if await connection.fetchval(LIVE_MODEL, model_id, entity) is None:
+                    raise ModelNotFound()
+                return list(
+                    await connection.fetch(
+                        DELETED_STEPS, model_id, -1 if after_step is None else after_step, limit + 1
+                    )
+                )
+
+        rows = await self.pool.run(work, idempotent=True)
+        return rules.deleted_step_page([(row[0], row[1]) for row in rows], limit)
 
     async def best_checkpoint(
         self, entity: str, model_id: str, metric: str, mode: Mode

@@ -175,3 +175,13 @@ DROP_FILES = """
            SELECT 1 FROM checkpoint_files f
             WHERE f.sha256 = b.sha256 AND f.checkpoint_id <> ALL($1::uuid[]))
 """
+
+# A model's deleted steps above $2: a tombstone and no live checkpoint at that step (a step deleted,
+# registered again and deleted again has several tombstones: the last deletion counts).
+DELETED_STEPS = """
+    SELECT t.step, MAX(t.deleted_at)
+      FROM checkpoint_tombstones AS t
+     WHERE t.model_id = $1::uuid AND t.step > $2
+       AND NOT EXISTS (SELECT 1 FROM checkpoints AS c WHERE c.model_id = t.model_id AND c.step = t.step)
+     GROUP BY t.step ORDER BY t.step LIMIT $3
+"""

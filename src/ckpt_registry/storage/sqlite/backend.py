@@ -33,6 +33,7 @@ from ..base import (
     Caller,
     Checkpoint,
     CheckpointPage,
+    DeletedStepPage,
     DeleteResult,
     FilePage,
     FileRecord,
@@ -723,6 +724,20 @@ class SQLiteStorage:
 
         deleted = await self.writer.run(write)
         return DeleteResult(len(deleted), rules.not_found_steps(requested, deleted))
+
+    async def list_deleted_steps(
+        self, entity: str, model_id: str, *, after_step: int | None, limit: int
+    ) -> DeletedStepPage:
+        with self._reading() as db:
+            _require_live_model(db, entity, model_id)
+            rows = db.execute(
+                "SELECT t.step, MAX(t.deleted_at) FROM checkpoint_tombstones AS t "
+                "WHERE t.model_id = ? AND t.step > ? AND NOT EXISTS "
+                "(SELECT 1 FROM checkpoints AS c WHERE c.model_id = t.model_id AND c.step = t.step) "
+                "GROUP BY t.step ORDER BY t.step LIMIT ?",
+                (model_id, -1 if after_step is None else after_step, limit + 1),
+            ).fetchall()
+        return rules.deleted_step_page([(step, parse_timestamp(at)) for step, at in rows], limit)
 
     async def best_checkpoint(
         self, entity: str, model_id: str, metric: str, mode: Mode
