@@ -262,5 +262,6 @@ def drive_every_route(api: httpx.Client, name: str = "every-route") -> dict[str,
         == 200
     )
     delete_steps(api, model, [2])
+    assert api.get(f"/preview/models/{model}/checkpoints/deleted-steps").status_code == 200
     assert api.delete(f"/preview/models/{model}").status_code == 200
     return {"model": model, "checkpoint": checkpoint, "upload": started.json()["id"]}
