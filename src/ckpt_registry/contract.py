@@ -60,6 +60,7 @@ UPLOADS_PATH: Final = API_PREFIX + "/preview/uploads"
 USAGE_PATH: Final = API_PREFIX + "/preview/usage"
 # The Hugging Face Hub's repository API (docs/hub.md); its file resolution is `/{repo}/resolve/...`.
 HUB_API_PATH: Final = "/api/models"
+KEY_PATH: Final = API_PREFIX + "/preview/key"
 
 
 def file_path_problem(path: str) -> str | None:

@@ -269,6 +269,7 @@ def drive_every_route(api: httpx.Client, name: str = "every-route") -> dict[str,
     assert api.delete(f"/preview/uploads/{cancelled.json()['id']}").status_code == 204
     assert api.delete(f"{files}/model.bin").status_code == 204
     assert api.get("/preview/usage").status_code == 200
+    assert api.get("/preview/key").status_code == 200
     assert (
         api.post(
             f"/preview/models/{model}/checkpoints/retention", json={"keep_latest": 1}
@@ -276,5 +277,6 @@ def drive_every_route(api: httpx.Client, name: str = "every-route") -> dict[str,
         == 200
     )
     delete_steps(api, model, [2])
+    assert api.get(f"/preview/models/{model}/checkpoints/deleted-steps").status_code == 200
     assert api.delete(f"/preview/models/{model}").status_code == 200
     return {"model": model, "checkpoint": checkpoint, "upload": started.json()["id"]}

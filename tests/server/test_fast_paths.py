@@ -14,6 +14,7 @@ from starlette.routing import compile_path
 from ckpt_registry.server import Settings, create_app, schemas
 from ckpt_registry.server.fastpath import ListCheckpointsFastPath, parse_query
 from ckpt_registry.server.fastregister import RegisterCheckpointFastPath, plain_registration
+from ckpt_registry.server.headlimits import HeadLimits
 from ckpt_registry.server.limits import BodySizeLimit
 from ckpt_registry.server.observe import RequestLayer
 from ckpt_registry.server.rate_limit import RateLimit
@@ -62,8 +63,8 @@ def test_the_stack_holds_each_fast_path_and_lists_first(stack: tuple[list[Any], 
     kinds = [type(layer) for layer in layers]
     assert set(FAST_PATHS) <= set(kinds)
     # The list fast path is the hot path: only what every request needs (its id, its metrics; a
-    # measured cost, README "Operating it") may run in front of it.
-    assert kinds[: kinds.index(ListCheckpointsFastPath)] == [RequestLayer]
+    # measured cost, README "Operating it"; the limits on its head) may run in front of it.
+    assert kinds[: kinds.index(ListCheckpointsFastPath)] == [RequestLayer, HeadLimits]
 
 
 def test_the_rate_limit_when_on_sits_in_front_of_the_fast_paths(tmp_path: Path) -> None:
@@ -72,7 +73,7 @@ def test_the_rate_limit_when_on_sits_in_front_of_the_fast_paths(tmp_path: Path) 
     database = f"sqlite:///{tmp_path / 'never-opened.db'}"
     layers, _ = unstacked(create_app(Settings(database_url=database, rate_limit="10/s")))
     kinds = [type(layer) for layer in layers]
-    assert kinds[: kinds.index(ListCheckpointsFastPath)] == [RequestLayer, RateLimit]
+    assert kinds[: kinds.index(ListCheckpointsFastPath)] == [RequestLayer, HeadLimits, RateLimit]
 
 
 @pytest.mark.parametrize("fast_path", FAST_PATHS, ids=lambda cls: cls.__name__)

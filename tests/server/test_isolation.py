@@ -120,3 +120,55 @@ def test_a_missing_or_null_entity_means_the_keys_own(api: httpx.Client, entity: 
     assert response.status_code == 200, response.text
     assert response.json()["entity"] == "default"
     assert api.get(f"/preview/models/{response.json()['id']}").json() == response.json()
+
+
+def test_another_entitys_ids_are_404_on_the_routes_beyond_the_compatible_surface(
+    api: httpx.Client, other: httpx.Client, model_id: str
+) -> None:
+    """Steps, files, uploads and transfers: another entity's model, checkpoint, upload and cursor
+    are answered exactly as ids that never existed."""
+    theirs = create_model(other, "theirs")
+    their_checkpoint = register(other, theirs, 1, {"loss": 1.0})["id"]
+    mine = register(api, model_id, 1, {"loss": 1.0})["id"]
+    base = f"/preview/models/{theirs}/checkpoints/{their_checkpoint}"
+    assert other.put(f"{base}/files/a.bin", content=b"theirs").status_code == 201
+    their_upload = other.post(f"{base}/uploads", json={"path": "b.bin"}).json()["id"]
+    before = snapshot(other)
+
+    def same_as_unknown(method: str, template: str, **kwargs: object) -> None:
+        answers = []
+        for model, checkpoint, upload in (
+            (theirs, their_checkpoint, their_upload),
+            (str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())),
+        ):
+            url = template.format(model=model, checkpoint=checkpoint, upload=upload)
+            response = api.request(method, url, **kwargs)  # type: ignore[arg-type]
+            assert response.status_code == 404, (method, template, response.text)
+            answers.append(response.json() if method != "HEAD" else None)
+        assert answers[0] == answers[1], (method, template)
+
+    checkpoint = "/preview/models/{model}/checkpoints/{checkpoint}"
+    same_as_unknown("GET", "/preview/models/{model}/checkpoints/steps/1")
+    same_as_unknown("GET", checkpoint + "/files")
+    same_as_unknown("GET", checkpoint + "/files/a.bin")
+    same_as_unknown("HEAD", checkpoint + "/files/a.bin")
+    same_as_unknown("PUT", checkpoint + "/files/a.bin", content=b"mine")
+    same_as_unknown("DELETE", checkpoint + "/files/a.bin")
+    same_as_unknown("POST", checkpoint + "/uploads", json={"path": "c.bin"})
+    same_as_unknown("POST", checkpoint + "/transfers", json={"operation": "download"})
+    same_as_unknown("HEAD", "/preview/uploads/{upload}")
+    same_as_unknown(
+        "PATCH", "/preview/uploads/{upload}", content=b"x", headers={"Upload-Offset": "0"}
+    )
+    same_as_unknown("POST", "/preview/uploads/{upload}/complete", json={})
+    same_as_unknown("DELETE", "/preview/uploads/{upload}")
+    # Their checkpoint in my model, and as a cursor in my list, is unknown too.
+    assert_detail(api.get(f"/preview/models/{model_id}/checkpoints/{their_checkpoint}"), 404)
+    response = api.get(
+        f"/preview/models/{model_id}/checkpoints", params={"after": their_checkpoint}
+    )
+    assert_validation_error(response, ["query", "after"])
+    assert api.get(f"/preview/models/{model_id}/checkpoints/{mine}").status_code == 200
+    assert snapshot(other) == before
+    assert other.head(f"/preview/uploads/{their_upload}").headers["upload-offset"] == "0"
+    assert other.get(f"{base}/files/a.bin").content == b"theirs"

@@ -4,6 +4,7 @@ the `Authorization` header, whatever endpoint was called, with a good key or a b
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +13,9 @@ from typing import Any
 import pytest
 
 from ckpt_registry.contract import CHECKPOINTS_PATH
-from ckpt_registry.keys import generate_key
+from ckpt_registry.keys import generate_key, hash_key
 from ckpt_registry.server.routes import hub
+from ckpt_registry.storage import open_storage
 from tests import pg
 from tests.conftest import add_key
 
@@ -112,3 +114,35 @@ def test_text_format_is_the_default(key: str, database_url: str, tmp_path: Path)
     lines = servers[0].log.read_text().splitlines()
     assert any(line.startswith("INFO:") and "GET /v1/health 200" in line for line in lines)
     assert not any(line.startswith("{") for line in lines)
+
+
+def test_no_line_holds_a_read_only_key_or_a_key_refused_early(
+    database_url: str, key: str, served: pg.ServerProcess
+) -> None:
+    reader = generate_key()
+
+    async def create() -> None:
+        storage = open_storage(database_url)
+        await storage.open()
+        try:
+            await storage.create_key("default", "reader", hash_key(reader), read_only=True)
+        finally:
+            await storage.close()
+
+    asyncio.run(create())
+    with served.client(key) as api:
+        made = drive_every_route(api)
+        model = create_model(api, "kept")
+    with served.client(reader) as client:
+        assert client.get("/preview/key").json()["read_only"] is True
+        assert client.get(f"/preview/models/{model}").status_code == 200
+        for endpoint in AUTHENTICATED:  # every write refused (403), every read served
+            endpoint.request(client, model, made["checkpoint"])
+        client.post(f"/preview/models/{model}/checkpoints", content=b"{bad")  # 415, after the key
+        client.get("/preview/models", headers={f"x-{i}": "1" for i in range(200)})  # 431
+        client.get("/preview/models?" + "&".join(["a=1"] * 100))  # 400
+
+    text = served.log.read_text()
+    log_lines(served)
+    for secret in (key, reader, reader[-16:], hash_key(reader), "Bearer"):
+        assert secret not in text, secret

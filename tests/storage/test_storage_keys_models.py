@@ -9,7 +9,7 @@ import pytest
 
 from ckpt_registry.keys import generate_key, hash_key
 from ckpt_registry.storage import Storage
-from ckpt_registry.storage.base import Model
+from ckpt_registry.storage.base import Caller, Model
 from ckpt_registry.storage.errors import InvalidCursor, KeyNotFound, ModelNameTaken, ModelNotFound
 
 from .conftest import ENTITY, OTHER_ENTITY, is_utc, register_steps, walk_models
@@ -77,25 +77,25 @@ async def test_a_key_hash_names_its_entity_while_the_key_is_live(storage: Storag
     key, other = hash_key(generate_key()), hash_key(generate_key())
     created = await storage.create_key(ENTITY, "laptop", key)
     await storage.create_key(OTHER_ENTITY, "ci", other)
-    assert await storage.entity_for_key(other) == OTHER_ENTITY
-    assert await storage.entity_for_key(hash_key(generate_key())) is None
+    assert await storage.caller_for_key(other) == Caller(OTHER_ENTITY, read_only=False)
+    assert await storage.caller_for_key(hash_key(generate_key())) is None
     # Looked up again and again, as a busy server does, so whatever a backend caches is warm.
     for _ in range(10):
-        assert await storage.entity_for_key(key) == ENTITY
+        assert await storage.caller_for_key(key) == Caller(ENTITY, read_only=False)
         await anyio.sleep(0.02)
 
     await storage.revoke_key(created.id)
-    assert await storage.entity_for_key(key) is None  # at once, not after a cache expires
-    assert await storage.entity_for_key(other) == OTHER_ENTITY
+    assert await storage.caller_for_key(key) is None  # at once, not after a cache expires
+    assert await storage.caller_for_key(other) == Caller(OTHER_ENTITY, read_only=False)
 
 
 async def test_a_key_created_after_a_failed_lookup_works_at_once(storage: Storage) -> None:
     key = hash_key(generate_key())
-    assert await storage.entity_for_key(key) is None
+    assert await storage.caller_for_key(key) is None
 
     await storage.create_key(ENTITY, "late", key)
 
-    assert await storage.entity_for_key(key) == ENTITY
+    assert await storage.caller_for_key(key) == Caller(ENTITY, read_only=False)
 
 
 # Models -----------------------------------------------------------------------------------------
@@ -297,3 +297,20 @@ async def test_a_model_is_found_by_its_name_only_live_and_only_in_its_entity(
     ]:
         with pytest.raises(ModelNotFound):
             await storage.get_model_by_name(entity, project, name)
+
+
+async def test_a_read_only_key_carries_its_scope_through_every_lookup(storage: Storage) -> None:
+    reader, writer = hash_key(generate_key()), hash_key(generate_key())
+    created = await storage.create_key(ENTITY, "inference", reader, read_only=True)
+    await storage.create_key(ENTITY, "trainer", writer)
+
+    assert created.read_only
+    # Again and again, so a backend's key cache answers too (PostgreSQL's is kept by LISTEN).
+    for _ in range(10):
+        assert await storage.caller_for_key(reader) == Caller(ENTITY, read_only=True)
+        assert await storage.caller_for_key(writer) == Caller(ENTITY, read_only=False)
+        await anyio.sleep(0.02)
+    listed = {key.name: key.read_only for key in await storage.list_keys()}
+    assert listed == {"inference": True, "trainer": False}
+    await storage.revoke_key(created.id)
+    assert await storage.caller_for_key(reader) is None

@@ -7,7 +7,7 @@ import pytest
 
 from ckpt_registry.keys import generate_key, hash_key
 from ckpt_registry.storage import Storage
-from ckpt_registry.storage.base import BestRule, Model, RetentionResult
+from ckpt_registry.storage.base import BestRule, Caller, Model, RetentionResult
 from ckpt_registry.storage.errors import (
     CheckpointNotFound,
     InvalidCursor,
@@ -189,10 +189,10 @@ async def test_no_key_is_found_by_unstorable_text(storage: Storage, bad: str) ->
     key = hash_key(generate_key())
     created = await storage.create_key(ENTITY, "laptop", key)
 
-    assert await storage.entity_for_key(bad) is None
-    assert await storage.entity_for_key(key + bad) is None
+    assert await storage.caller_for_key(bad) is None
+    assert await storage.caller_for_key(key + bad) is None
     for key_id in (bad, created.id + bad):
         with pytest.raises(KeyNotFound):
             await storage.revoke_key(key_id)
-    assert await storage.entity_for_key(key) == ENTITY
+    assert await storage.caller_for_key(key) == Caller(ENTITY, read_only=False)
     assert [k.revoked_at for k in await storage.list_keys()] == [None]

@@ -26,6 +26,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ..storage.urls import redacted
 from .base import (
     CHUNK_BYTES,
     BlobInfo,
@@ -84,7 +85,7 @@ class S3BlobStore:
 
     @property
     def url(self) -> str:
-        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        where = f" at {redacted(self.endpoint_url)}" if self.endpoint_url else ""
         return f"s3://{self.bucket}/{self.prefix}{where}"
 
     def blob_key(self, sha256: str) -> str:
@@ -158,7 +159,7 @@ class S3BlobStore:
             await self.s3.delete_object(Bucket=self.bucket, Key=probe)
 
     def _at(self) -> str:
-        return f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return f" at {redacted(self.endpoint_url)}" if self.endpoint_url else ""
 
     async def stat(self, sha256: str) -> int | None:
         return await self._size_of(self.blob_key(check_sha256(sha256)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ..storage.urls import UnsupportedDatabaseUrl, backend_of, sqlite_path
+from ..storage.urls import UnsupportedDatabaseUrl, backend_of, redacted, sqlite_path
 from .base import BlobStore
 from .errors import InvalidBlobUrl
 from .local import LocalBlobStore
@@ -22,21 +22,26 @@ def open_blob_store(url: str, *, endpoint_url: str | None = None) -> BlobStore:
     if url.startswith("s3://"):
         parts = urlsplit(url)
         if not parts.netloc or parts.query or parts.fragment:
-            raise InvalidBlobUrl(f"unsupported blob URL {url!r}: {ACCEPTED}")
+            raise InvalidBlobUrl(f"unsupported blob URL {redacted(url)!r}: {ACCEPTED}")
+        if "@" in parts.netloc:
+            raise InvalidBlobUrl(
+                f"blob URL {redacted(url)!r} carries credentials: give them to S3 as "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile), never in the URL"
+            )
         try:
             from .s3 import S3BlobStore
         except ImportError as exc:
             raise InvalidBlobUrl(
-                f"blob URL {url!r} needs the S3 client: pip install 'ckpt-registry[s3]'"
+                f"blob URL {redacted(url)!r} needs the S3 client: pip install 'ckpt-registry[s3]'"
             ) from exc
         return S3BlobStore(parts.netloc, unquote(parts.path), endpoint_url=endpoint_url)
     if url.startswith("file:"):
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise InvalidBlobUrl(f"unsupported blob URL {url!r}: {ACCEPTED}")
+            raise InvalidBlobUrl(f"unsupported blob URL {redacted(url)!r}: {ACCEPTED}")
         return LocalBlobStore(Path(unquote(parts.path)))
     if not url or "://" in url:
-        raise InvalidBlobUrl(f"unsupported blob URL {url!r}: {ACCEPTED}")
+        raise InvalidBlobUrl(f"unsupported blob URL {redacted(url)!r}: {ACCEPTED}")
     return LocalBlobStore(Path(url).expanduser().resolve())
 
 

@@ -9,7 +9,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]
 import click
+import sqlalchemy.exc
 from pydantic import ValidationError
 from rich.console import Console
 
@@ -20,11 +22,16 @@ from ..blobs.errors import BlobError
 from ..collector import Collected, collect
 from ..keys import generate_key, hash_key
 from ..storage import Storage, open_storage
-from ..storage.compat import copy_problem, other_servers_problem, schema_problem
+from ..storage.compat import (
+    copy_problem,
+    other_servers_problem,
+    schema_problem,
+    sqlite_write_problem,
+)
 from ..storage.copy import CopyRefused, copy_database, finish_copy
 from ..storage.errors import StorageError
 from ..storage.migrate import downgrade, upgrade
-from ..storage.urls import UnsupportedDatabaseUrl
+from ..storage.urls import UnsupportedDatabaseUrl, redacted
 
 T = TypeVar("T")
 
@@ -163,6 +170,14 @@ def with_storage(url: str, action: Callable[[Storage], Awaitable[T]]) -> T:
     help="Requests a key may make at once before the rate applies (env CKPT_RATE_LIMIT_BURST; "
     "default: the rate's number).",
 )
+@click.option(
+    "--api-docs/--no-api-docs",
+    envvar="CKPT_API_DOCS",
+    default=False,
+    show_default=True,
+    help="Serve the interactive API pages /docs and /redoc (they load scripts from a public CDN); "
+    "/openapi.json is always served.",
+)
 def serve(
     database_url: str,
     blob_url: str | None,
@@ -178,6 +193,7 @@ def serve(
     max_connections: int,
     rate_limit: str | None,
     rate_limit_burst: int | None,
+    api_docs: bool,
 ) -> None:
     """Migrate the database, make a first key if there is none, and serve the API."""
     from ..server import Settings
@@ -201,6 +217,7 @@ def serve(
         CKPT_MIN_BODY_RATE=str(min_body_rate),
         CKPT_BODY_RATE_GRACE_SECONDS=str(body_rate_grace),
         CKPT_MAX_CONNECTIONS=str(max_connections),
+        CKPT_API_DOCS="true" if api_docs else "false",
     )
     try:
         settings = Settings()
@@ -211,14 +228,33 @@ def serve(
             for error in exc.errors()
         )
         raise click.ClickException(f"invalid settings: {problems}") from None
-    problem = (
-        schema_problem(database_url)
-        or copy_problem(database_url)
-        or other_servers_problem(database_url)
-    )
+    try:
+        problem = (
+            sqlite_write_problem(database_url)
+            or schema_problem(database_url)
+            or copy_problem(database_url)
+            or other_servers_problem(database_url)
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        problem = f"cannot reach the database at {redacted(database_url)}: {exc}"
     if problem is not None:
         raise click.ClickException(f"not starting: {problem}")
-    upgrade(database_url)
+    try:
+        upgrade(database_url)
+    except sqlalchemy.exc.OperationalError as exc:
+        # One line, not Alembic's traceback: a database that cannot be written (a read-only mount,
+        # a file of another user that `os.access` could not tell), locked or gone.
+        raise click.ClickException(
+            f"not starting: the database could not be migrated: {exc.orig}; "
+            "check that this user can write it and its folder"
+        ) from None
+    if host in ("0.0.0.0", "::", ""):
+        click.echo(
+            f"warning: listening on every network interface ({host or '*'}): anyone who can reach "
+            "this machine can reach the API; put it behind TLS and a firewall, or use "
+            "--host 127.0.0.1",
+            err=True,
+        )
     problem = asyncio.run(blob_store_problem(settings.blob_store_url))
     if problem is not None:
         raise click.ClickException(f"not starting: {problem}")
@@ -232,12 +268,15 @@ def serve(
 
 async def blob_store_problem(url: str) -> str | None:
     """Why the blob store cannot take files (a probe write failed), or None."""
-    blobs = open_blob_store(url)
+    try:
+        blobs = open_blob_store(url)
+    except BlobError as exc:
+        return str(exc)
     try:
         await blobs.open()
         await blobs.check()
     except BlobError as exc:
-        return f"the blob store {url} is not writable: {exc}"
+        return f"the blob store {redacted(url)} is not writable: {exc}"
     finally:
         await blobs.close()
     return None
@@ -372,7 +411,7 @@ def db_restore(database_url: str, blob_url: str | None, src: Path) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(
         f"restored schema {done.revision}: {done.models} models, {done.checkpoints} checkpoints, "
-        f"{done.files} files ({done.blobs} blobs copied) into {database_url}"
+        f"{done.files} files ({done.blobs} blobs copied) into {redacted(database_url)}"
     )
 
 
@@ -439,18 +478,29 @@ def keys() -> None:
     """Create, list and revoke API keys (stored only as sha256 hashes)."""
 
 
-@keys.command("create", epilog="Example: ckpt keys create --entity my-team --name laptop")
+@keys.command(
+    "create",
+    epilog="Example: ckpt keys create --entity my-team --name inference --read-only",
+)
 @database_url_option
 @click.option("--entity", required=True, help="The entity (team or user) the key acts for.")
 @click.option("--name", default="", help="A label to recognise the key by.")
-def keys_create(database_url: str, entity: str, name: str) -> None:
+@click.option(
+    "--read-only",
+    is_flag=True,
+    help="The key lists, reads and downloads, and gets 403 on every write (for an inference "
+    "server or a CI job that only pulls checkpoints).",
+)
+def keys_create(database_url: str, entity: str, name: str, read_only: bool) -> None:
     """Create a key; it is printed once, alone on the last line."""
     key = generate_key()
     created = with_storage(
-        database_url, lambda storage: storage.create_key(entity, name, hash_key(key))
+        database_url,
+        lambda storage: storage.create_key(entity, name, hash_key(key), read_only=read_only),
     )
+    scope = "read-only key" if read_only else "key"
     click.echo(
-        f"Created key {created.id} for entity {entity!r}; store it now, it is not shown again:",
+        f"Created {scope} {created.id} for entity {entity!r}; store it now, it is not shown again:",
         err=True,
     )
     click.echo(key)
@@ -459,11 +509,13 @@ def keys_create(database_url: str, entity: str, name: str) -> None:
 @keys.command("list", epilog="Example: ckpt keys list")
 @database_url_option
 def keys_list(database_url: str) -> None:
-    """List keys (never the keys themselves)."""
+    """List keys (never the keys themselves): id, entity, name, scope, created, state."""
     for key in with_storage(database_url, lambda storage: storage.list_keys()):
         state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
+        scope = "read-only" if key.read_only else "read-write"
         click.echo(
-            f"{key.id}  {key.entity}  {key.name or '-'}  {key.created_at.isoformat()}  {state}"
+            f"{key.id}  {key.entity}  {key.name or '-'}  {scope}  "
+            f"{key.created_at.isoformat()}  {state}"
         )
 
 

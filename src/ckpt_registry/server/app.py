@@ -24,12 +24,13 @@ from .asgi import Layer, stacked
 from .errors import blob_error_kind, install_error_handlers
 from .fastpath import ListCheckpointsFastPath
 from .fastregister import RegisterCheckpointFastPath
+from .headlimits import HeadLimits
 from .limits import BodyLimit, BodyLimits, BodySizeLimit
 from .metrics import Metrics
 from .observe import RequestLayer
 from .openapi import install_openapi
 from .rate_limit import KeyBuckets, RateLimit
-from .routes import checkpoints, files, hub, models, service, uploads, usage
+from .routes import checkpoints, files, hub, key, models, service, uploads, usage
 from .settings import Settings
 
 log = logging.getLogger("ckpt_registry")
@@ -43,6 +44,7 @@ ROUTERS = (
     uploads.checkpoint_router,
     uploads.router,
     usage.router,
+    key.router,
     service.router,
     dashboard.router,  # `/` and `/dashboard/...`: the browser's page, outside `/v1`
     # Last: its `/{project}/{name}/resolve/...` paths must never shadow one of ours.
@@ -161,6 +163,11 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         version=__version__,
         description="A model checkpoint registry speaking the W&B Training checkpoint API.",
         lifespan=lifespan,
+        # The router's trailing-slash redirect builds its Location from the Host header, before
+        # any key is checked: `/v1/preview/models/` is a 404 like any other unknown path.
+        redirect_slashes=False,
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
     )
     api.state.storage = None
     api.state.settings = settings
@@ -196,6 +203,10 @@ def asgi_layers(api: FastAPI, settings: Settings) -> list[Layer]:
             serve_metrics=settings.metrics == "on",
             access_log=settings.access_log,
         ),
+        # Too many or too large headers, a URL too long, too many query parameters: refused before
+        # anything reads them. In process, over an app that answers at once: 1.2 us added per
+        # request (0.40 -> 1.62 us, medians of 7 rounds of 20,000, a busy 2-core machine).
+        HeadLimits,
         # GETs only, and most requests: in front of the rest, so they pay for nothing behind it.
         lambda app: ListCheckpointsFastPath(app, storage),
         # Reads its own body within its route's limit (413 over it), so it needs nothing in front.
@@ -205,10 +216,11 @@ def asgi_layers(api: FastAPI, settings: Settings) -> list[Layer]:
     ]
     rate = settings.rate
     if rate is not None:
-        # Right behind the request layer (a refusal is counted and logged), in front of the fast
-        # paths, so no request that presents a key passes it; absent when off, so it costs nothing.
+        # Behind the request layer (a refusal is counted and logged) and the head limits (a request
+        # refused there costs no token), in front of the fast paths, so no request that presents a
+        # key passes it; absent when off, so it costs nothing.
         buckets = KeyBuckets(rate, settings.rate_limit_burst or max(1, math.ceil(rate.requests)))
-        layers.insert(1, lambda app: RateLimit(app, buckets))
+        layers.insert(layers.index(HeadLimits) + 1, lambda app: RateLimit(app, buckets))
     return layers
 
 

@@ -12,7 +12,8 @@ from starlette.responses import Response
 
 from ..blobs import errors as blob_errors
 from ..storage import errors as storage_errors
-from .auth import AuthenticationFailed
+from .auth import AuthenticationFailed, ReadOnlyKey
+from .bodies import BodyUnreadable
 from .hub import HubError
 from .responses import JSONBytes
 
@@ -48,10 +49,27 @@ def validation_error(loc: list[str | int], msg: str, type_: str = "value_error")
     return JSONBytes({"detail": [{"loc": loc, "msg": msg, "type": type_}]}, 422)
 
 
+# Where a `loc` would name the client's own text: the key of a `metrics` object is a metric name.
+INPUT_KEY_FIELDS = frozenset({"metrics"})
+INPUT_KEY = "*"
+
+
+def plain_loc(loc: Any) -> list[str | int]:
+    """A validation error's `loc` without the client's input: a metric name (a NUL, 257 characters,
+    a lone surrogate) becomes `*`, so `["body", "metrics", "*", "[key]"]`."""
+    plain: list[str | int] = []
+    for part in loc:
+        if plain and plain[-1] in INPUT_KEY_FIELDS and not isinstance(part, int):
+            plain.append(INPUT_KEY)
+        else:
+            plain.append(part if isinstance(part, int) else str(part))
+    return plain
+
+
 def _plain(error: dict[str, Any]) -> dict[str, Any]:
     # Only loc, msg and type: echoing `input` could leak values or fail to serialise (bytes, NaN).
     return {
-        "loc": [part if isinstance(part, int) else str(part) for part in error.get("loc", ())],
+        "loc": plain_loc(error.get("loc", ())),
         "msg": str(error.get("msg", "")),
         "type": str(error.get("type", "value_error")),
     }
@@ -117,13 +135,20 @@ async def _request_invalid(_: Request, exc: Exception) -> Response:
     return validation_error(exc.loc, exc.msg)
 
 
+async def _body_unreadable(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BodyUnreadable)
+    if exc.media_type:
+        return JSONBytes({"detail": exc.msg}, 415)
+    return validation_error(["body"], exc.msg, "json_invalid")
+
+
 async def _authentication_failed(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, AuthenticationFailed)
     return JSONBytes({"detail": exc.detail}, 401, headers={"WWW-Authenticate": "Bearer"})
 
 
 async def _forbidden(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Forbidden)
+    assert isinstance(exc, Forbidden | ReadOnlyKey)
     return JSONBytes({"detail": exc.detail}, 403)
 
 
@@ -180,7 +205,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(storage_errors.StorageError, _storage_error)
     app.add_exception_handler(AuthenticationFailed, _authentication_failed)
     app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(ReadOnlyKey, _forbidden)
     app.add_exception_handler(RequestInvalid, _request_invalid)
+    app.add_exception_handler(BodyUnreadable, _body_unreadable)
     app.add_exception_handler(blob_errors.BlobError, _blob_error)
     app.add_exception_handler(HTTPException, _http_exception)
     app.add_exception_handler(ClientDisconnect, _client_disconnect)

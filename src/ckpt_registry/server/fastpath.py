@@ -68,7 +68,9 @@ class ListCheckpointsFastPath:
         authorization = header(scope, b"authorization")
         try:
             entity = await entity_for_authorization(
-                authorization.decode("latin-1") if authorization is not None else None, storage
+                authorization.decode("latin-1") if authorization is not None else None,
+                storage,
+                self.method,
             )
             page = await storage.list_checkpoints(
                 entity, model_id, after=after, limit=limit, order=order

@@ -21,7 +21,7 @@ from ..contract import CHECKPOINTS_PATH, MAX_METRICS, MAX_NAME_LENGTH, MAX_STEP
 from ..storage.base import Storage
 from ..storage.errors import DatabaseUnavailable, StorageError
 from .asgi import PathTemplate, header, replaying, send_json
-from .auth import AuthenticationFailed, entity_for_authorization
+from .auth import AuthenticationFailed, ReadOnlyKey, entity_for_authorization
 from .errors import storage_error_response
 from .limits import BodyLimit, read_body
 from .responses import checkpoint_detail
@@ -75,13 +75,16 @@ class RegisterCheckpointFastPath:
         step, metrics = parsed
         try:
             authorization = header(scope, b"authorization")
+            # A read-only key raises `ReadOnlyKey` here, as on the route: it is answered there.
             entity = await entity_for_authorization(
-                authorization.decode("latin-1") if authorization is not None else None, storage
+                authorization.decode("latin-1") if authorization is not None else None,
+                storage,
+                self.method,
             )
             checkpoint, created = await storage.register_checkpoint(entity, model_id, step, metrics)
         except DatabaseUnavailable:
             raise
-        except (AuthenticationFailed, StorageError):
+        except (AuthenticationFailed, ReadOnlyKey, StorageError):
             return False
         await send_json(send, 201 if created else 200, orjson.dumps(checkpoint_detail(checkpoint)))
         return True

@@ -103,6 +103,13 @@ class UsageResponse(BaseModel):
     stored_bytes: int
 
 
+class KeyResponse(BaseModel):
+    """The key a request presented: the entity it acts for, and whether it may only read."""
+
+    entity: str
+    read_only: bool
+
+
 class ModelCreate(BaseModel):
     entity: Name | None = None
     project: Name

@@ -15,7 +15,8 @@ GIB = 1024**3
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CKPT_", extra="ignore")
+    # A refused setting's message never repeats its value: database and blob URLs carry passwords.
+    model_config = SettingsConfigDict(env_prefix="CKPT_", extra="ignore", hide_input_in_errors=True)
 
     database_url: str = Field(
         default="sqlite:///./ckpt.db",
@@ -103,6 +104,11 @@ class Settings(BaseSettings):
     )
     log_format: LogFormat = Field(default="text", description="text, or json: one object per line")
     access_log: bool = Field(default=False, description="log one line per request")
+    api_docs: bool = Field(
+        default=False,
+        description="serve the interactive API pages /docs (Swagger UI) and /redoc; off by default: "
+        "they load their scripts from a public CDN (/openapi.json is always served)",
+    )
 
     @field_validator("metrics")
     @classmethod

@@ -26,6 +26,15 @@ class ApiKey:
     name: str
     created_at: datetime
     revoked_at: datetime | None
+    read_only: bool = False  # lists, reads and downloads; every write is 403
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """What a live key may do: act for `entity`, and only read when `read_only`."""
+
+    entity: str
+    read_only: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +207,9 @@ class Storage(Protocol):
 
     # Keys -------------------------------------------------------------------------------------
 
-    async def create_key(self, entity: str, name: str, key_hash: str) -> ApiKey: ...
+    async def create_key(
+        self, entity: str, name: str, key_hash: str, *, read_only: bool = False
+    ) -> ApiKey: ...
 
     async def list_keys(self) -> list[ApiKey]: ...
 
@@ -207,8 +218,9 @@ class Storage(Protocol):
 
     async def count_keys(self) -> int: ...
 
-    async def entity_for_key(self, key_hash: str) -> str | None:
-        """The entity of the live key with that sha256 hex hash, or None (unknown or revoked)."""
+    async def caller_for_key(self, key_hash: str) -> Caller | None:
+        """The entity and scope of the live key with that sha256 hex hash, or None (unknown or
+        revoked)."""
 
     # Models -----------------------------------------------------------------------------------
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import re
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -87,6 +89,26 @@ def schema_problem(url: str) -> str | None:
         f"{__version__} knows (its newest is {code_head()}): run the version that migrated it, "
         "or a newer one"
     )
+
+
+def sqlite_write_problem(url: str) -> str | None:
+    """Why the server could not write this SQLite database (its file, or the folder its WAL and
+    shared-memory files go into, is read-only for this user), or None."""
+    if backend_of(url) != "sqlite":
+        return None
+    path = sqlite_path(url).expanduser()
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.exists() and not os.access(path, os.W_OK):
+        return (
+            f"the database file {path} is read-only for this user: make it writable "
+            f"(chmod u+w {path}) or run ckpt serve as its owner"
+        )
+    if folder.is_dir() and not os.access(folder, os.W_OK):
+        return (
+            f"the folder {folder} of the database is read-only for this user (SQLite writes its "
+            "-wal and -shm files beside the database): make it writable or use another folder"
+        )
+    return None
 
 
 def other_servers_problem(url: str) -> str | None:

@@ -27,7 +27,7 @@ from .compat import COPY_MARKER, code_head, unfinished_copy
 from .migrate import upgrade
 from .schema import metadata
 from .sqlite.backend import parse_timestamp
-from .urls import backend_of, postgres_dsn, sqlite_path
+from .urls import backend_of, postgres_dsn, redacted, sqlite_path
 
 BATCH_ROWS = 5000
 # Parents before children; `uploads` stays behind (see the module's docstring).
@@ -63,8 +63,15 @@ def _converters(table: sa.Table) -> list[Callable[[Any], Any]]:
     def timestamp(value: str | None) -> datetime | None:
         return None if value is None else parse_timestamp(value)
 
+    def plain(value: Any) -> Any:
+        return value
+
     return [
-        timestamp if isinstance(column.type, sa.DateTime) else (lambda value: value)
+        timestamp
+        if isinstance(column.type, sa.DateTime)
+        else bool
+        if isinstance(column.type, sa.Boolean)  # SQLite stores 0 and 1
+        else plain
         for column in table.columns
     ]
 
@@ -122,7 +129,7 @@ async def copy_database(from_url: str, to_url: str, on_rows: OnRows | None = Non
         if revision != code_head():
             raise CopyRefused(
                 f"the source's schema is {revision}, not {code_head()}: run "
-                f"ckpt db upgrade --database-url {from_url} first"
+                f"ckpt db upgrade --database-url {redacted(from_url)} first"
             )
         await asyncio.to_thread(upgrade, to_url)  # Alembic runs a loop of its own
         connection = await asyncpg.connect(postgres_dsn(to_url), timeout=10)

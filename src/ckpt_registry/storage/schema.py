@@ -22,6 +22,7 @@ api_keys = sa.Table(
     sa.Column("key_hash", sa.Text, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("revoked_at", Timestamp, nullable=True),
+    sa.Column("read_only", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_api_keys_key_hash", "key_hash", unique=True),
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy.engine import make_url
 
@@ -25,9 +26,27 @@ def backend_of(url: str) -> str:
     raise UnsupportedDatabaseUrl(_accepted(url))
 
 
+def redacted(url: str) -> str:
+    """`url` fit for a message or a log line: a password, or user info alone, replaced by `***`.
+
+    URLs name credentials (`postgresql://admin:s3cret@db/x`): no message may carry them.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<a URL that cannot be parsed>"
+    if "@" not in parts.netloc:
+        return url
+    user_info, _, host = parts.netloc.rpartition("@")
+    user, colon, _password = user_info.partition(":")
+    # `user:password` keeps the user; user info alone may be a token (`https://TOKEN@host`).
+    shown = f"{user}:***" if colon else "***"
+    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
+
+
 def _accepted(url: str) -> str:
     return (
-        f"unsupported database URL {url!r}: use sqlite:///PATH (a file) or "
+        f"unsupported database URL {redacted(url)!r}: use sqlite:///PATH (a file) or "
         "postgresql://USER@HOST:PORT/DATABASE"
     )
 

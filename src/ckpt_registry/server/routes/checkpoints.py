@@ -25,6 +25,7 @@ from ...contract import (
 )
 from ...storage.base import BestRule
 from ..auth import Entity, StorageDep
+from ..bodies import JSONBodyRoute
 from ..errors import RequestInvalid
 from ..responses import JSONBytes, checkpoint_detail, checkpoint_page_body, timestamp
 from ..schemas import (
@@ -44,7 +45,7 @@ from ..schemas import (
     RetentionResponse,
 )
 
-router = APIRouter(prefix=CHECKPOINTS_PATH, tags=["models"])
+router = APIRouter(prefix=CHECKPOINTS_PATH, tags=["models"], route_class=JSONBodyRoute)
 
 # A step in a URL: 0 or digits without a leading zero, at most 19 of them (MAX_STEP has 19).
 STEP_TEXT = r"^(0|[1-9][0-9]{0,18})$"

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from ...contract import CHECKPOINTS_PATH, FILES_LIMIT_DEFAULT, FILES_LIMIT_MAX
 from ..auth import Entity, StorageDep
+from ..bodies import JSONBodyRoute
 from ..limits import STREAMED, request_body
 from ..responses import JSONBytes
 from ..schemas import MODEL_ERRORS, ErrorDetail, FileList, FileResponse, Storable
@@ -36,7 +37,9 @@ class FilePathConvertor(PathConvertor):
 
 register_url_convertor("file_path", FilePathConvertor())
 
-router = APIRouter(prefix=CHECKPOINTS_PATH + "/{checkpoint_id}/files", tags=["files"])
+router = APIRouter(
+    prefix=CHECKPOINTS_PATH + "/{checkpoint_id}/files", tags=["files"], route_class=JSONBodyRoute
+)
 
 
 @router.get(

@@ -62,7 +62,10 @@ def _segments(request: Request, skip: int) -> list[str]:
 
 async def _entity(request: Request, storage: Storage) -> str:
     try:
-        return await entity_for_authorization(request.headers.get("authorization"), storage)
+        # Hub routes only read (GET, HEAD): a read-only key may use them.
+        return await entity_for_authorization(
+            request.headers.get("authorization"), storage, request.method
+        )
     except AuthenticationFailed as failed:
         raise HubError.unauthenticated(failed.detail) from None
 

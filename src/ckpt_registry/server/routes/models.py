@@ -17,6 +17,7 @@ from ...contract import (
     Order,
 )
 from ..auth import Entity, StorageDep
+from ..bodies import JSONBodyRoute
 from ..errors import Forbidden
 from ..responses import JSONBytes, model_page, model_response, timestamp
 from ..schemas import (
@@ -29,7 +30,7 @@ from ..schemas import (
     PaginatedResponse,
 )
 
-router = APIRouter(prefix=MODELS_PATH, tags=["models"])
+router = APIRouter(prefix=MODELS_PATH, tags=["models"], route_class=JSONBodyRoute)
 
 
 @router.post(

@@ -9,11 +9,12 @@ from ...blobs.errors import BlobStoreUnavailable
 from ...contract import API_PREFIX
 from ...storage.errors import DatabaseUnavailable
 from ..auth import StorageDep
+from ..bodies import JSONBodyRoute
 from ..responses import JSONBytes
 from ..schemas import Health, SystemCheck
 from ..transfers import BlobsDep
 
-router = APIRouter(prefix=API_PREFIX, tags=["service"])
+router = APIRouter(prefix=API_PREFIX, tags=["service"], route_class=JSONBodyRoute)
 
 
 @router.get("/health", summary="Health", response_model=Health)

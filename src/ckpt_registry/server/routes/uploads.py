@@ -30,7 +30,8 @@ from ...blobs.errors import UploadNotFound as BlobUploadNotFound
 from ...contract import CHECKPOINTS_PATH, FILES_LIMIT_MAX, UPLOADS_PATH, file_path_problem
 from ...storage.base import FileRecord, Storage
 from ...storage.errors import FileNotFound
-from ..auth import Entity, StorageDep
+from ..auth import Entity, Reader, StorageDep, require_write
+from ..bodies import JSONBodyRoute
 from ..errors import RequestInvalid
 from ..limits import STREAMED, request_body
 from ..responses import JSONBytes
@@ -47,8 +48,10 @@ from ..transfers import (
     stream_into,
 )
 
-checkpoint_router = APIRouter(prefix=CHECKPOINTS_PATH + "/{checkpoint_id}", tags=["files"])
-router = APIRouter(prefix=UPLOADS_PATH, tags=["files"])
+checkpoint_router = APIRouter(
+    prefix=CHECKPOINTS_PATH + "/{checkpoint_id}", tags=["files"], route_class=JSONBodyRoute
+)
+router = APIRouter(prefix=UPLOADS_PATH, tags=["files"], route_class=JSONBodyRoute)
 
 # One request at a time appends to an upload (per process; across processes the offset check and the
 # staged size keep two writers from interleaving).
@@ -313,7 +316,7 @@ async def batch_transfer(
     model_id: str,
     checkpoint_id: str,
     body: TransferRequest,
-    entity: Entity,
+    caller: Reader,
     storage: StorageDep,
     blobs: BlobsDep,
     settings: SettingsDep,
@@ -321,7 +324,11 @@ async def batch_transfer(
     """For a whole folder at once: `upload` says, per file, whether the checkpoint has it already
     (`exists`), whether it was attached from content the entity already holds without a byte sent
     (`attached`), or where to send it (`upload`); `download` gives each file's URL (presigned when the
-    blob store offers them). Held contents are the entity's own: nothing is said of other entities."""
+    blob store offers them). Held contents are the entity's own: nothing is said of other entities.
+    A `download` only reads (a read-only key may ask); an `upload` may attach files: it writes."""
+    if body.operation != "download":
+        require_write(caller)
+    entity = caller.entity
     await storage.require_checkpoint(entity, model_id, checkpoint_id)
     if body.operation == "download":
         return JSONBytes(

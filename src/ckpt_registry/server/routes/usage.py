@@ -7,10 +7,11 @@ from starlette.responses import Response
 
 from ...contract import USAGE_PATH
 from ..auth import Entity, StorageDep
+from ..bodies import JSONBodyRoute
 from ..responses import JSONBytes
 from ..schemas import ErrorDetail, UsageResponse
 
-router = APIRouter(tags=["files"])
+router = APIRouter(tags=["files"], route_class=JSONBodyRoute)
 
 
 @router.get(

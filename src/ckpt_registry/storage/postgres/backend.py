@@ -13,6 +13,7 @@ from .. import rules
 from ..base import (
     ApiKey,
     BestRule,
+    Caller,
     Checkpoint,
     CheckpointPage,
     CheckpointRow,
@@ -98,7 +99,14 @@ def _checkpoint(row: Any) -> Checkpoint:
 
 
 def _key(row: Any) -> ApiKey:
-    return ApiKey(str(row["id"]), row["entity"], row["name"], row["created_at"], row["revoked_at"])
+    return ApiKey(
+        str(row["id"]),
+        row["entity"],
+        row["name"],
+        row["created_at"],
+        row["revoked_at"],
+        row["read_only"],
+    )
 
 
 def _known_model(entity: str, model_id: str) -> None:
@@ -178,18 +186,21 @@ class PostgresStorage:
 
     # Keys -----------------------------------------------------------------------------------
 
-    async def create_key(self, entity: str, name: str, key_hash: str) -> ApiKey:
+    async def create_key(
+        self, entity: str, name: str, key_hash: str, *, read_only: bool = False
+    ) -> ApiKey:
         rules.require_storable(entity, name)
         key_id = str(uuid.uuid4())
 
         async def work(connection: Connection) -> ApiKey:
             row = await connection.fetchrow(
-                "INSERT INTO api_keys (id, entity, name, key_hash, created_at) "
-                f"VALUES ($1, $2, $3, $4, now()) RETURNING {KEY_COLUMNS}",
+                "INSERT INTO api_keys (id, entity, name, key_hash, created_at, read_only) "
+                f"VALUES ($1, $2, $3, $4, now(), $5) RETURNING {KEY_COLUMNS}",
                 key_id,
                 entity,
                 name,
                 key_hash,
+                read_only,
             )
             return _key(row)
 
@@ -235,20 +246,23 @@ class PostgresStorage:
 
         return await self.pool.run(work, idempotent=True)
 
-    async def entity_for_key(self, key_hash: str) -> str | None:
+    async def caller_for_key(self, key_hash: str) -> Caller | None:
         if not rules.storable(key_hash):
             return None
 
-        async def work(connection: Connection) -> str | None:
-            entity = await connection.fetchval(
-                "SELECT entity FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash
+        async def work(connection: Connection) -> Caller | None:
+            # Looked up by its hash through the unique index: the comparison is of hashes, so
+            # its timing says nothing about the key.
+            row = await connection.fetchrow(
+                "SELECT entity, read_only FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+                key_hash,
             )
-            return None if entity is None else str(entity)
+            return None if row is None else Caller(str(row["entity"]), bool(row["read_only"]))
 
-        async def lookup() -> str | None:
+        async def lookup() -> Caller | None:
             return await self.pool.run(work, idempotent=True)
 
-        return await self.keys.entity(key_hash, lookup)
+        return await self.keys.caller(key_hash, lookup)
 
     # Models ---------------------------------------------------------------------------------
 

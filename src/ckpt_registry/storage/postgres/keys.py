@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from ..base import Caller
 from .pool import Connection, Pool, reason
 
 logger = logging.getLogger("ckpt_registry.storage.postgres")
@@ -24,8 +25,8 @@ LISTENER_HEARTBEAT = 5.0
 class KeyCache:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
-        # key hash -> (entity, monotonic expiry); used only while the listener is connected.
-        self._entries: dict[str, tuple[str, float]] = {}
+        # key hash -> (entity and scope, monotonic expiry); used only while the listener is connected.
+        self._entries: dict[str, tuple[Caller, float]] = {}
         self._generation = 0
         self._listening = False
         self._listener: asyncio.Task[None] | None = None
@@ -37,10 +38,11 @@ class KeyCache:
                 await self._listener
             self._listener = None
 
-    async def entity(
-        self, key_hash: str, lookup: Callable[[], Awaitable[str | None]]
-    ) -> str | None:
-        """The cached entity of a live key, or `lookup()`'s answer (cached when it is a live key)."""
+    async def caller(
+        self, key_hash: str, lookup: Callable[[], Awaitable[Caller | None]]
+    ) -> Caller | None:
+        """The cached entity and scope of a live key, or `lookup()`'s answer (cached when it is a
+        live key). A key's scope never changes once made, so the cache carries it as it is."""
         loop = asyncio.get_running_loop()
         if self._listener is None and self.pool.is_open:
             # Started by the first key lookup, so CLI commands and scripts open no extra connection.
@@ -49,12 +51,12 @@ class KeyCache:
         if cached is not None and self._listening and cached[1] > loop.time():
             return cached[0]
         generation = self._generation
-        entity = await lookup()
+        caller = await lookup()
         # Only live keys are cached (a new key works at once); a revocation that arrived while we
         # read bumped the generation, so a stale answer is not stored.
-        if entity is not None and self._listening and generation == self._generation:
-            self._entries[key_hash] = (entity, loop.time() + KEY_CACHE_TTL)
-        return entity
+        if caller is not None and self._listening and generation == self._generation:
+            self._entries[key_hash] = (caller, loop.time() + KEY_CACHE_TTL)
+        return caller
 
     def clear(self, *_args: object) -> None:
         self._generation += 1

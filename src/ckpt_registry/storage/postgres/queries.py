@@ -6,7 +6,7 @@ from ..base import Order
 
 MODEL_COLUMNS = "id, entity, project, name, base_model, created_at"
 CHECKPOINT_COLUMNS = "id, step, metrics, created_at, updated_at"
-KEY_COLUMNS = "id, entity, name, created_at, revoked_at"
+KEY_COLUMNS = "id, entity, name, created_at, revoked_at, read_only"
 LIVE_MODEL = "SELECT 1 FROM models WHERE id = $1::uuid AND entity = $2 AND deleted_at IS NULL"
 
 

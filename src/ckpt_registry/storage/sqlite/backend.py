@@ -30,6 +30,7 @@ from .. import rules
 from ..base import (
     ApiKey,
     BestRule,
+    Caller,
     Checkpoint,
     CheckpointPage,
     DeletedStepPage,
@@ -110,7 +111,7 @@ _CHECKPOINT_COLUMNS = "id, step, metrics, created_at, updated_at"
 # processes (which ask every millisecond, writer.LOCK_POLL_SECONDS) get it in between.
 BATCH_PAUSE_SECONDS = 0.002
 _MODEL_COLUMNS = "id, entity, project, name, base_model, created_at"
-_KEY_COLUMNS = "id, entity, name, created_at, revoked_at"
+_KEY_COLUMNS = "id, entity, name, created_at, revoked_at, read_only"
 # While writes fail for a full disk, system-check reports it until at least this much is free again.
 # Its one-page probe write is no proof on its own: a write that failed for lack of space leaves
 # allocated WAL frames behind it, which the probe (and other small writes) fit into while every
@@ -141,14 +142,15 @@ def _checkpoint(row: tuple[str, int, str, str, str]) -> Checkpoint:
     return Checkpoint(id_, step, metrics, parse_timestamp(created_at), parse_timestamp(updated_at))
 
 
-def _key(row: tuple[str, str, str, str, str | None]) -> ApiKey:
-    id_, entity, name, created_at, revoked_at = row
+def _key(row: tuple[str, str, str, str, str | None, int]) -> ApiKey:
+    id_, entity, name, created_at, revoked_at, read_only = row
     return ApiKey(
         id_,
         entity,
         name,
         parse_timestamp(created_at),
         parse_timestamp(revoked_at) if revoked_at else None,
+        bool(read_only),
     )
 
 
@@ -308,7 +310,7 @@ class SQLiteStorage:
         self.episode = Episode(logger, f"SQLite database {self.path}")
         self.writer = Writer(self.path, self.episode, wal_limit_bytes=wal_limit_bytes)
         self._db: sqlite3.Connection | None = None
-        self._keys_cache: dict[str, str | None] = {}
+        self._keys_cache: dict[str, Caller | None] = {}
         self._keys_version: int | None = None
         self._checkpointer: threading.Thread | None = None
         self._checkpointer_stop = threading.Event()
@@ -388,19 +390,22 @@ class SQLiteStorage:
 
     # Keys -----------------------------------------------------------------------------------
 
-    async def create_key(self, entity: str, name: str, key_hash: str) -> ApiKey:
+    async def create_key(
+        self, entity: str, name: str, key_hash: str, *, read_only: bool = False
+    ) -> ApiKey:
         rules.require_storable(entity, name)
         key_id, now = str(uuid.uuid4()), _now()
 
         def write(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO api_keys (id, entity, name, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-                (key_id, entity, name, key_hash, now),
+                "INSERT INTO api_keys (id, entity, name, key_hash, created_at, read_only) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key_id, entity, name, key_hash, now, read_only),
             )
 
         await self.writer.run(write)
         self._keys_cache.clear()
-        return ApiKey(key_id, entity, name, parse_timestamp(now), None)
+        return ApiKey(key_id, entity, name, parse_timestamp(now), None, read_only)
 
     async def list_keys(self) -> list[ApiKey]:
         with self._reading() as db:
@@ -433,7 +438,7 @@ class SQLiteStorage:
             (count,) = db.execute("SELECT COUNT(*) FROM api_keys").fetchone()
         return int(count)
 
-    async def entity_for_key(self, key_hash: str) -> str | None:
+    async def caller_for_key(self, key_hash: str) -> Caller | None:
         # Keys change only through other connections (the writer thread, `ckpt keys ...`), and
         # `PRAGMA data_version` changes exactly when another connection has committed: a cached
         # answer is exact.
@@ -444,18 +449,19 @@ class SQLiteStorage:
                 self._keys_version = version
             if key_hash in self._keys_cache:
                 return self._keys_cache[key_hash]
-            entity = None
+            caller = None
             if rules.storable(key_hash):
                 row = db.execute(
-                    "SELECT entity, key_hash FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+                    "SELECT entity, key_hash, read_only FROM api_keys "
+                    "WHERE key_hash = ? AND revoked_at IS NULL",
                     (key_hash,),
                 ).fetchone()
                 if row is not None and hmac.compare_digest(row[1], key_hash):
-                    entity = str(row[0])
+                    caller = Caller(str(row[0]), bool(row[2]))
         if len(self._keys_cache) >= 1024:
             self._keys_cache.clear()
-        self._keys_cache[key_hash] = entity
-        return entity
+        self._keys_cache[key_hash] = caller
+        return caller
 
     # Models ---------------------------------------------------------------------------------
 
