@@ -52,11 +52,11 @@ def site_key(site: RunningServer) -> str:
     return new_key(site)
 
 
-def new_key(site: RunningServer) -> str:
-    """A key of entity `default`. On a thread: Playwright's sync API runs an event loop on this
-    one, and `add_key` runs its own."""
+def new_key(site: RunningServer, entity: str = "default") -> str:
+    """A key of `entity`. On a thread: Playwright's sync API runs an event loop on this one, and
+    `add_key` runs its own."""
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(add_key, site.database_url, "default").result()
+        return pool.submit(add_key, site.database_url, entity).result()
 
 
 @pytest.fixture

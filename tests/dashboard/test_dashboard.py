@@ -281,3 +281,47 @@ def test_a_read_only_key_sees_no_write_action(
     expect(page.locator("#delete-selected")).to_have_count(0)
     expect(page.locator(".select-step")).to_have_count(0)
     expect(page.locator("#retention-form")).to_have_count(0)
+
+
+def test_models_sort_and_page_across_all_of_the_entitys_models(
+    page: Page, site: RunningServer
+) -> None:
+    # 105 models: more than one page of the models API (100) and six of the dashboard (20),
+    # created in an order that is neither their names' nor their updates'.
+    key = new_key(site, "many-models")
+    count = 105
+    created = [(index * 37) % count for index in range(count)]  # a permutation of 0..104
+    names = {index: f"run-{index:03d}" for index in range(count)}
+    with site.client(key) as many:
+        ids = {index: create_model(many, names[index], project="sweep") for index in created}
+        # The last update: models 5, 80 and 40 get a checkpoint, in that order.
+        for index in (5, 80, 40):
+            register(many, ids[index], 1, {"loss": 1.0})
+    sign_in(page, site, key)
+    table = page.locator("#models-table tbody tr td:first-child")
+    # Newest created first, by default.
+    expect(table.first).to_have_text(names[created[-1]])
+
+    page.get_by_label("Sort by").select_option("name")
+    page.get_by_role("button", name="Apply").click()
+    expect(table.first).to_have_text("run-000")
+    assert table.all_inner_texts() == [names[index] for index in range(20)]
+    expect(page.locator("#models-range")).to_have_text("1\u201320 of 105")
+    seen = table.all_inner_texts()
+    for _ in range(5):
+        page.locator("#models-next").click()
+        expect(table.first).not_to_have_text(seen[-20])
+        seen += table.all_inner_texts()
+    assert seen == sorted(names.values())
+    expect(page.locator("#models-next")).to_be_disabled()
+    expect(page.locator("#models-range")).to_have_text("101\u2013105 of 105")
+    page.locator("#models-prev").click()
+    expect(table.first).to_have_text("run-080")
+
+    # The last update, across every model: the three with checkpoints first, newest first.
+    page.get_by_label("Sort by").select_option("updated")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("#models-range")).to_have_text("1\u201320 of 105")
+    expect(table.first).to_have_text("run-040")
+    assert table.all_inner_texts()[:3] == ["run-040", "run-080", "run-005"]
+    expect(page.locator("#models-truncated")).to_have_count(0)

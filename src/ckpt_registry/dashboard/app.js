@@ -15,7 +15,8 @@ let charts = []; // the model page's live charts, destroyed when the page change
 // Each navigation's number: a page whose data arrives after the user moved on is not shown.
 let generation = 0;
 const stale = (token) => token !== generation;
-const modelsPaging = { cursors: [], project: "", order: "desc", sort: "server" };
+// The models page: the filter and sort chosen, the page shown, and the list read for them.
+const modelsView = { project: "", sort: "created-desc", offset: 0, loaded: null, summaries: new Map() };
 
 // Elements ----------------------------------------------------------------------------------------
 
@@ -112,45 +113,103 @@ forget.addEventListener("click", () => {
 
 // Models -----------------------------------------------------------------------------------------
 
-async function modelsPage(token) {
-  const query = { limit: PAGE, order: modelsPaging.order, project: modelsPaging.project || undefined };
-  const after = modelsPaging.cursors.at(-1);
-  if (after) query.after = after;
-  const page = await models.list(query);
-  const rows = await Promise.all(
-    page.data.map(async (model) => ({ model, summary: await models.summary(model.id) })),
-  );
-  // The models API pages by creation; these orders apply to the page shown (docs/dashboard.md).
-  if (modelsPaging.sort === "name") rows.sort((a, b) => a.model.name.localeCompare(b.model.name));
-  if (modelsPaging.sort === "updated") {
-    rows.sort((a, b) => (b.summary.last_update || "").localeCompare(a.summary.last_update || ""));
-  }
+// The models API pages by creation only, so the dashboard reads every page of the entity's models
+// (the project filter applied by the API) and sorts and pages them here: an entity holds tens to
+// thousands of models. Past MODELS_MAX it keeps the newest and says so (docs/dashboard.md).
+const MODELS_MAX = 10_000;
+const MODELS_API_PAGE = 100; // the models API's largest page (contract.LIST_LIMIT_MAX)
+const SUMMARY_CONCURRENCY = 6;
+const collator = new Intl.Collator("en", { numeric: true });
 
-  const project = h("input", { id: "project-filter", type: "search", value: modelsPaging.project, placeholder: "all projects" });
-  const order = h(
-    "select", { id: "models-order" },
-    h("option", { value: "desc", selected: modelsPaging.order === "desc" }, "newest first"),
-    h("option", { value: "asc", selected: modelsPaging.order === "asc" }, "oldest first"),
-  );
+async function loadModels(project) {
+  const all = [];
+  let after;
+  for (;;) {
+    const page = await models.list({ limit: MODELS_API_PAGE, order: "desc", project: project || undefined, after });
+    all.push(...page.data);
+    if (!page.has_more || !page.data.length) return { project, models: all, truncated: false };
+    if (all.length >= MODELS_MAX) return { project, models: all.slice(0, MODELS_MAX), truncated: true };
+    after = page.last_id;
+  }
+}
+
+// Summaries of the given models not read yet, a few requests at a time. A model deleted since the
+// list was read has none (null).
+async function summarize(list, summaries, progress) {
+  const missing = list.filter((model) => !summaries.has(model.id));
+  let next = 0;
+  let done = 0;
+  const worker = async () => {
+    while (next < missing.length) {
+      const model = missing[next];
+      next += 1;
+      try {
+        summaries.set(model.id, await models.summary(model.id));
+      } catch (error) {
+        if (!(error instanceof ApiError && error.status === 404)) throw error;
+        summaries.set(model.id, null);
+      }
+      done += 1;
+      progress?.(done, missing.length);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(SUMMARY_CONCURRENCY, missing.length) }, worker));
+}
+
+function sortModels(list, sort, summaries) {
+  const byName = (a, b) => collator.compare(a.name, b.name) || collator.compare(a.project, b.project) || a.id.localeCompare(b.id);
+  if (sort === "created-asc") return [...list].reverse();
+  if (sort === "name") return [...list].sort(byName);
+  if (sort === "updated") {
+    const updated = (model) => summaries.get(model.id)?.last_update || "";
+    // Newest update first; models without checkpoints (no update) last, by name.
+    return [...list].sort((a, b) => updated(b).localeCompare(updated(a)) || byName(a, b));
+  }
+  return list; // created-desc: the API's order
+}
+
+async function modelsPage(token) {
+  const view = modelsView;
+  if (view.loaded === null || view.loaded.project !== view.project) {
+    view.loaded = await loadModels(view.project);
+    view.summaries = new Map();
+  }
+  if (stale(token)) return;
+  const { models: all, truncated } = view.loaded;
+  if (view.sort === "updated") {
+    await summarize(all, view.summaries, (done, total) => {
+      if (!stale(token) && total > PAGE) say(`Reading the models' last updates: ${done} of ${total}…`);
+    });
+  }
+  const sorted = sortModels(all, view.sort, view.summaries);
+  view.offset = Math.max(0, Math.min(view.offset, Math.floor(Math.max(0, sorted.length - 1) / PAGE) * PAGE));
+  const shown = sorted.slice(view.offset, view.offset + PAGE);
+  await summarize(shown, view.summaries);
+  if (stale(token)) return;
+  const rows = shown.map((model) => ({ model, summary: view.summaries.get(model.id) }));
+
+  const project = h("input", { id: "project-filter", type: "search", value: view.project, placeholder: "all projects" });
   const sort = h(
     "select", { id: "models-sort" },
-    h("option", { value: "server", selected: modelsPaging.sort === "server" }, "creation"),
-    h("option", { value: "name", selected: modelsPaging.sort === "name" }, "name (this page)"),
-    h("option", { value: "updated", selected: modelsPaging.sort === "updated" }, "last update (this page)"),
+    [["created-desc", "newest created"], ["created-asc", "oldest created"], ["name", "name"], ["updated", "last update"]].map(
+      ([value, label]) => h("option", { value, selected: view.sort === value }, label),
+    ),
   );
   const filters = h(
     "form", { class: "toolbar", id: "models-filter" },
     h("label", { for: "project-filter" }, "Project"), project,
-    h("label", { for: "models-order" }, "Created"), order,
     h("label", { for: "models-sort" }, "Sort by"), sort,
     h("button", { type: "submit" }, "Apply"),
   );
   filters.addEventListener("submit", (event) => {
     event.preventDefault();
-    Object.assign(modelsPaging, { project: project.value.trim(), order: order.value, sort: sort.value, cursors: [] });
+    const nextProject = project.value.trim();
+    // Apply reads the list again: it may have changed since it was read.
+    Object.assign(view, { project: nextProject, sort: sort.value, offset: 0, loaded: null });
     route();
   });
 
+  const missing = "—";
   const table = h(
     "table", { id: "models-table" },
     h("caption", { class: "sr-only" }, "Models"),
@@ -169,24 +228,33 @@ async function modelsPage(token) {
           h("td", {}, h("a", { href: `#/models/${model.id}` }, model.name)),
           h("td", {}, model.project),
           h("td", {}, model.base_model),
-          h("td", { class: "num" }, formatNumber(summary.checkpoints)),
-          h("td", { class: "num" }, summary.latest_step === null ? "—" : formatNumber(summary.latest_step)),
-          h("td", {}, formatTime(summary.last_update)),
-          h("td", { class: "num", title: `${summary.stored_bytes} bytes` }, summary.files ? formatBytes(summary.stored_bytes) : "—"),
+          h("td", { class: "num" }, summary ? formatNumber(summary.checkpoints) : missing),
+          h("td", { class: "num" }, summary?.latest_step == null ? missing : formatNumber(summary.latest_step)),
+          h("td", {}, summary ? formatTime(summary.last_update) : missing),
+          summary
+            ? h("td", { class: "num", title: `${summary.stored_bytes} bytes` }, summary.files ? formatBytes(summary.stored_bytes) : missing)
+            : h("td", { class: "num" }, missing),
         ),
       ),
     ),
   );
-  const previous = h("button", { type: "button", id: "models-prev", disabled: modelsPaging.cursors.length === 0 }, "← Previous");
-  const next = h("button", { type: "button", id: "models-next", disabled: !page.has_more }, "Next →");
-  previous.addEventListener("click", () => { modelsPaging.cursors.pop(); route(); });
-  next.addEventListener("click", () => { modelsPaging.cursors.push(page.last_id); route(); });
-  if (stale(token)) return;
+  const previous = h("button", { type: "button", id: "models-prev", disabled: view.offset === 0 }, "← Previous");
+  const next = h("button", { type: "button", id: "models-next", disabled: view.offset + PAGE >= sorted.length }, "Next →");
+  previous.addEventListener("click", () => { view.offset = Math.max(0, view.offset - PAGE); route(); });
+  next.addEventListener("click", () => { view.offset += PAGE; route(); });
+  const range = sorted.length
+    ? `${formatNumber(view.offset + 1)}–${formatNumber(view.offset + shown.length)} of ${formatNumber(sorted.length)}${truncated ? "+" : ""}`
+    : "";
+  if (view.sort === "updated") say("");
   main.replaceChildren(
     h("h1", {}, "Models"),
     filters,
-    page.data.length ? h("div", { class: "scroll" }, table) : h("p", { class: "muted" }, "No models yet."),
-    h("nav", { class: "pager", "aria-label": "Models pages" }, previous, next),
+    truncated
+      ? h("p", { class: "muted", id: "models-truncated", role: "note" },
+        `There are more than ${formatNumber(MODELS_MAX)} models${view.project ? " in this project" : ""}: the ${formatNumber(MODELS_MAX)} newest created are listed, sorted and paged here. Filter by project to reach the others.`)
+      : null,
+    all.length ? h("div", { class: "scroll" }, table) : h("p", { class: "muted" }, "No models yet."),
+    h("nav", { class: "pager", "aria-label": "Models pages" }, previous, next, h("span", { id: "models-range", class: "muted" }, range)),
   );
 }
 
@@ -512,6 +580,8 @@ async function route() {
     if (access === null) await checkKey();
     const parts = window.location.hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
     if (parts[0] === "models" && parts[1]) {
+      // Back on the models page, the list is read again: this page may have deleted checkpoints.
+      modelsView.loaded = null;
       const modelId = parts[1];
       if (parts[2] === "checkpoints" && parts[3]) {
         await checkpointPage(modelId, await checkpoints.get(modelId, parts[3]), token);
