@@ -8,8 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from ckpt_registry.cli.main import cli
 from ckpt_registry.server import Settings
 
 from ..conftest import RunningServer, add_key, serving
@@ -57,6 +59,17 @@ def new_key(site: RunningServer, entity: str = "default") -> str:
     `add_key` runs its own."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(add_key, site.database_url, entity).result()
+
+
+def read_only_key(site: RunningServer) -> str:
+    """A read-only key of entity `default`, made as an operator does: `ckpt keys create --read-only`.
+    On a thread, like `new_key`: the command runs its own event loop."""
+    args = ["keys", "create", "--entity", "default", "--name", "viewer", "--read-only"]
+    args += ["--database-url", site.database_url]
+    with ThreadPoolExecutor(1) as pool:
+        result = pool.submit(CliRunner().invoke, cli, args).result()
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from playwright.sync_api import Page, expect
 from ..bulk import bulk_load
 from ..conftest import RunningServer
 from ..server.helpers import create_model, register
-from .conftest import ARTIFACTS, new_key, origin, screenshot, sign_in
+from .conftest import ARTIFACTS, new_key, origin, read_only_key, screenshot, sign_in
 
 STEPS = [10 * index for index in range(30)]  # 0, 10, .. 290
 BEST_LOSS_STEP = 170
@@ -267,20 +267,35 @@ def test_a_100000_checkpoint_model_opens_with_its_chart_quickly(
 
 
 def test_a_read_only_key_sees_no_write_action(
-    page: Page, site: RunningServer, site_key: str, model: str
+    page: Page, site: RunningServer, model: str, api: httpx.Client
 ) -> None:
-    # The server's answer for a read-only key (`GET /v1/preview/key`), whatever this server says.
-    page.route(
-        "**/v1/preview/key",
-        lambda route: route.fulfill(json={"entity": "default", "read_only": True}),
-    )
-    sign_in(page, site, site_key)
+    # A real read-only key: the server itself answers `GET /v1/preview/key` with read_only true.
+    key = read_only_key(site)
+    with site.client(key) as reader:
+        assert reader.get("/preview/key").json() == {"entity": "default", "read_only": True}
+    sign_in(page, site, key)
     expect(page.locator("#who")).to_have_text("default (read-only)")
-    page.goto(origin(site) + f"/#/models/{model}")
-    expect(page.locator("#checkpoints-table")).to_be_visible()
+    # It reads everything: the models, their summaries, a model's chart and table, a checkpoint.
+    row = page.locator(f'#models-table tr[data-model-id="{model}"]')
+    expect(row).to_contain_text("qwen-grpo")
+    count = len(
+        api.get(f"/preview/models/{model}/checkpoints", params={"limit": 100}).json()["data"]
+    )
+    expect(row.locator("td").nth(3)).to_have_text(str(count))
+    row.get_by_role("link", name="qwen-grpo").click()
+    expect(page.locator("#charts")).to_have_attribute("data-ready", "true")
+    expect(page.locator('figure.chart[data-metric="loss"] canvas')).to_be_visible()
+    expect(page.locator("#checkpoints-table tbody tr")).to_have_count(min(count, 20))
+    # No write action is offered: no step selection, no delete, no retention preview or apply.
     expect(page.locator("#delete-selected")).to_have_count(0)
     expect(page.locator(".select-step")).to_have_count(0)
     expect(page.locator("#retention-form")).to_have_count(0)
+    expect(page.locator("#retention-apply")).to_have_count(0)
+    page.locator("#checkpoints-table tbody tr a").first.click()
+    expect(page.locator("#checkpoint-title")).to_contain_text("Step")
+    expect(page.locator("#metrics-table")).to_contain_text("loss")
+    expect(page.locator("#delete-checkpoint")).to_have_count(0)
+    screenshot(page, "read-only")
 
 
 def test_models_sort_and_page_across_all_of_the_entitys_models(
