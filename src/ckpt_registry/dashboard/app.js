@@ -50,6 +50,12 @@ function formatBytes(bytes) {
 
 const formatTime = (text) => (text ? new Date(text).toLocaleString() : "—");
 
+// Show a page. A part left out (null: a read-only key's actions, a note not needed) is skipped,
+// not written as the text "null".
+function show(...parts) {
+  main.replaceChildren(...parts.filter((part) => part !== null && part !== undefined));
+}
+
 function say(message) {
   status.textContent = message;
 }
@@ -246,7 +252,7 @@ async function modelsPage(token) {
     ? `${formatNumber(view.offset + 1)}–${formatNumber(view.offset + shown.length)} of ${formatNumber(sorted.length)}${truncated ? "+" : ""}`
     : "";
   if (view.sort === "updated") say("");
-  main.replaceChildren(
+  show(
     h("h1", {}, "Models"),
     filters,
     truncated
@@ -279,7 +285,7 @@ async function modelPage(modelId, state, token = generation) {
   const tableBox = h("section", { id: "checkpoints", "aria-labelledby": "checkpoints-title" });
   const actions = access?.read_only ? null : retentionPanel(modelId, names, state);
   if (stale(token)) return;
-  main.replaceChildren(
+  show(
     h("p", { class: "crumbs" }, h("a", { href: "#/" }, "Models"), " / ", model.project),
     h("h1", {}, model.name),
     h("p", { class: "muted", id: "model-facts" },
@@ -519,7 +525,7 @@ async function checkpointPage(modelId, checkpoint, token) {
     say(`Deleted step ${checkpoint.step}.`);
     window.location.hash = `#/models/${modelId}`;
   });
-  main.replaceChildren(
+  show(
     h("p", { class: "crumbs" }, h("a", { href: "#/" }, "Models"), " / ", h("a", { href: `#/models/${modelId}` }, model.name)),
     h("h1", { id: "checkpoint-title" }, `Step ${checkpoint.step}`),
     h("dl", { class: "facts" },
