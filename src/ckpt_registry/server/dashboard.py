@@ -13,7 +13,10 @@ from typing import Final
 from fastapi import APIRouter, HTTPException
 from starlette.responses import Response
 
-router = APIRouter(include_in_schema=False)
+from .bodies import JSONBodyRoute
+
+# Bodiless routes, but every router takes the body rule, so one added here later gets it too.
+router = APIRouter(include_in_schema=False, route_class=JSONBodyRoute)
 
 ROOT: Final = files("ckpt_registry") / "dashboard"
 MEDIA_TYPES: Final = {

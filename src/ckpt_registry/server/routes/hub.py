@@ -19,6 +19,7 @@ from ...contract import FILES_LIMIT_MAX, HUB_API_PATH, MAX_NAME_LENGTH, file_pat
 from ...storage.base import Checkpoint, FileRecord, Model, Storage
 from ...storage.errors import CheckpointNotFound, MetricNotFound, ModelNotFound
 from ..auth import AuthenticationFailed, StorageDep, entity_for_authorization
+from ..bodies import JSONBodyRoute
 from ..hub import (
     HubError,
     RepoRef,
@@ -33,7 +34,8 @@ from ..responses import JSONBytes, timestamp
 from ..transfers import BlobsDep, SettingsDep, download
 from . import files as _files  # noqa: F401  (registers the `file_path` convertor used below)
 
-router = APIRouter(include_in_schema=False, tags=["hub"])
+# Read-only, bodiless routes; the body rule too, as on every router, for any added later.
+router = APIRouter(include_in_schema=False, tags=["hub"], route_class=JSONBodyRoute)
 
 # Greater than every path under a folder `d/`: a path is at most 1024 bytes, and this suffix alone
 # is 1024 bytes of the largest code point. Listing a folder's direct children seeks past a subfolder
