@@ -61,6 +61,7 @@ __all__ = [
     "choose_checkpoint",
     "download_files",
     "list_files",
+    "merge_plan",
     "register_or_merge",
     "run_sync",
     "upload_files",
@@ -681,6 +682,18 @@ async def choose_checkpoint(
     return await checkpoints.get(model_id, newest.id)
 
 
+def merge_plan(
+    registered: Mapping[str, float], metrics: Mapping[str, float]
+) -> tuple[tuple[str, float, float] | None, dict[str, float]]:
+    """The rule of "register or merge", apart from any request: the first metric ``metrics``
+    gives another value than ``registered`` has, as ``(name, registered value, new value)``, or
+    None; and the metrics ``registered`` lacks, which a merge adds. Equal values are fine."""
+    for name, value in metrics.items():
+        if name in registered and registered[name] != value:
+            return (name, registered[name], value), {}
+    return None, {name: value for name, value in metrics.items() if name not in registered}
+
+
 async def register_or_merge(
     client: AsyncClient, model_id: str, step: int, metrics: Mapping[str, float]
 ) -> tuple[CheckpointDetail, Literal["registered", "present", "merged"]]:
@@ -694,12 +707,12 @@ async def register_or_merge(
         existing = await checkpoints.at_step(model_id, step)
     else:
         return registered, "registered" if registered.created else "present"
-    for name, value in metrics.items():
-        if name in existing.metrics and existing.metrics[name] != value:
-            raise CkptError(
-                f"step {step} is registered with {name}={existing.metrics[name]!r}, not {value!r}"
-            )
-    missing = {name: value for name, value in metrics.items() if name not in existing.metrics}
+    conflict, missing = merge_plan(existing.metrics, metrics)
+    if conflict is not None:
+        name, registered_value, value = conflict
+        raise CkptError(
+            f"step {step} is registered with {name}={registered_value!r}, not {value!r}"
+        )
     if not missing:
         return existing, "present"
     return await checkpoints.update_metrics(model_id, existing.id, missing), "merged"

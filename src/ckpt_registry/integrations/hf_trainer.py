@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..client import Client, ConflictError, FileConflictError, UnprocessableEntityError
+from ..client.transfers import merge_plan
 from ..client.types import CheckpointDetail
 
 __all__ = [
@@ -139,10 +140,10 @@ def register_or_merge(
         existing = client.checkpoints.at_step(model_id, step)
     else:
         return MergeResult(registered, "registered" if registered.created else "present")
-    for name, value in metrics.items():
-        if name in existing.metrics and existing.metrics[name] != value:
-            raise MetricConflict(step, name, existing.metrics[name], value)
-    missing = {name: value for name, value in metrics.items() if name not in existing.metrics}
+    # The rule is the SDK's (`client.checkpoints.save` merges the same way); this is its sync form.
+    conflict, missing = merge_plan(existing.metrics, metrics)
+    if conflict is not None:
+        raise MetricConflict(step, *conflict)
     if not missing:
         return MergeResult(existing, "present")
     return MergeResult(client.checkpoints.update_metrics(model_id, existing.id, missing), "merged")
