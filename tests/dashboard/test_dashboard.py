@@ -154,7 +154,15 @@ def test_a_user_reads_a_model_and_acts_on_it(
 
     # A click on the chart opens the checkpoint under the cursor.
     plot = page.locator('figure.chart[data-metric="loss"] .u-over')
-    box = plot.bounding_box()
+    # The log scale toggle redraws the chart: its overlay may be replaced between lookups, so wait
+    # for the one that stays (a box is None while no element is attached).
+    expect(plot).to_be_visible()
+    box = None
+    for _ in range(50):
+        box = plot.bounding_box()
+        if box is not None:
+            break
+        page.wait_for_timeout(100)
     assert box is not None
     plot.click(position={"x": box["width"] / 2, "y": box["height"] / 2})
     expect(page).to_have_url(re.compile("/steps/[0-9]+$"))
