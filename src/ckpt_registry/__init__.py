@@ -31,32 +31,9 @@ __version__ = "0.1.0"
 
 # The SDK's names are imported on first use (PEP 562): the server, which imports this package too,
 # does not load the SDK and its HTTP client (httpx, which pulls in rich and click), ~15 MB of RSS.
-_CLIENT_NAMES = frozenset(
-    {
-        "APIConnectionError",
-        "APIError",
-        "APIStatusError",
-        "APITimeoutError",
-        "AsyncClient",
-        "AuthenticationError",
-        "CkptError",
-        "Client",
-        "ConflictError",
-        "FileConflictError",
-        "FileIntegrityError",
-        "InternalServerError",
-        "InvalidIdError",
-        "NotFoundError",
-        "PermissionDeniedError",
-        "RateLimitError",
-        "RequestTooLargeError",
-        "UnprocessableEntityError",
-    }
-)
-
-
 def __getattr__(name: str) -> Any:
-    if name in _CLIENT_NAMES:
+    # Every public name but __version__ (a global, so never looked up here) is the SDK's.
+    if name in __all__:
         value = getattr(importlib.import_module("ckpt_registry.client"), name)
         globals()[name] = value
         return value
