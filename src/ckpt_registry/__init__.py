@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+
 # The SDK's names are imported on first use (PEP 562): the server, which imports this package too,
 # does not load the SDK and its HTTP client (httpx, which pulls in rich and click), ~15 MB of RSS.
 def __getattr__(name: str) -> Any:
