@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ckpt_registry.blobs import BlobStoreUnavailable, UploadInUse, open_blob_store
+from ckpt_registry.blobs.hashstates import HashStates
 from ckpt_registry.blobs.local import LocalBlobStore
 
 from .conftest import MIB, rss_bytes
@@ -188,3 +189,35 @@ async def test_a_reader_that_leaves_mid_stream_leaves_no_descriptor_open(
     # The last read ahead closes its descriptor when it is over, on a blob thread.
     await local.close()
     assert _open_descriptors() == before
+
+
+async def test_kept_hashes_are_bounded_and_a_dropped_writer_keeps_none(
+    local: LocalBlobStore,
+) -> None:
+    local.hash_states = HashStates(limit=2)
+    uploads = []
+    for n in range(3):
+        upload = await local.begin_upload()
+        await upload.write(bytes([n]) * MIB)
+        await upload.close()
+        uploads.append(upload.id)
+    assert len(local.hash_states) == 2
+
+    # The least recently left upload lost its hash: it is hashed again, the others are not.
+    for upload_id, n in [(uploads[1], 1), (uploads[2], 2), (uploads[0], 0)]:
+        resumed = await local.resume_upload(upload_id)
+        blob = await resumed.finish(hashlib.sha256(bytes([n]) * MIB).hexdigest())
+        assert blob.size == MIB
+        assert local.rehashed_bytes == (MIB if n == 0 else 0)
+
+    # A writer dropped mid-upload (a killed request) keeps nothing: its bytes are hashed again.
+    upload = await local.begin_upload()
+    await upload.write(b"a" * MIB)
+    await upload.close()
+    resumed = await local.resume_upload(upload.id)
+    await resumed.write(b"b" * MIB)
+    del resumed
+    resumed = await local.resume_upload(upload.id)
+    assert resumed.offset == 2 * MIB
+    blob = await resumed.finish(hashlib.sha256(b"a" * MIB + b"b" * MIB).hexdigest())
+    assert local.rehashed_bytes == 3 * MIB

@@ -1,5 +1,10 @@
 """Resumable uploads over HTTP (POST .../uploads, HEAD/PATCH with Upload-Offset, POST .../complete,
-DELETE) with a connection dropped mid-PATCH, on both databases and both blob stores."""
+DELETE) with a connection dropped mid-PATCH, on both databases and both blob stores.
+
+They keep their sha256 state between requests: a HEAD, a PATCH that continues and a `complete` hash
+no staged byte again in the server that staged them (`ckpt_blob_rehashed_bytes_total` counts the
+bytes read back to hash), while a restart, a second server on the same blobs, or a staged file
+replaced behind the server's back are hashed again and still give the right digest."""
 
 from __future__ import annotations
 
@@ -28,9 +33,10 @@ from tests.moto import (  # noqa: F401
     moto_endpoint,
 )
 
-from ..conftest import RunningServer, add_key
+from ..conftest import RunningServer, add_key, serving
 from .helpers import register
 from .test_files import blob_files, files_url, sha
+from .test_metrics import root, scrape, value
 
 # Over two S3 parts (of 5 MiB here), and not a whole number of them: the last part is a short one.
 DATA = os.urandom(2 * S3_PART_BYTES + 2 * MIB + 123)
@@ -270,3 +276,130 @@ def test_another_entity_gets_404_for_the_upload_id(
     assert offset_of(api, upload_id) == 4
     assert complete(api, upload_id).status_code == 201
     assert api.get(files_url(model_id, checkpoint_id, "mine")).content == b"mine"
+
+
+# Past two whole S3 parts of DATA, short of the third.
+HALF = DROP_AT
+
+
+def rehashed(server: RunningServer) -> float:
+    """Staged bytes this server read back to hash (its own metrics: each test server has its own)."""
+    _, samples = scrape(root(server.url) + "/metrics")
+    assert "ckpt_blob_rehashed_bytes_total" in samples
+    return value(samples, "ckpt_blob_rehashed_bytes_total")
+
+
+def test_a_resumed_upload_is_not_hashed_again_in_the_same_server(
+    server: RunningServer,
+    api: httpx.Client,
+    api_key: str,
+    model_id: str,
+    checkpoint_id: str,
+    blob_url: str,
+) -> None:
+    upload_id = start_upload(api, model_id, checkpoint_id, "weights.bin")
+    patch_then_drop(server, api_key, upload_id, DATA, HALF)
+    assert offset_of(api, upload_id) == HALF
+    assert patch(api, upload_id, HALF, DATA[HALF : HALF + MIB]).status_code == 204
+    assert offset_of(api, upload_id) == HALF + MIB
+    assert patch(api, upload_id, HALF + MIB, DATA[HALF + MIB :]).status_code == 204
+    assert offset_of(api, upload_id) == len(DATA)
+
+    done = complete(api, upload_id, {"sha256": sha(DATA)})
+
+    assert done.status_code == 201, done.text
+    assert done.json()["sha256"] == sha(DATA)
+    assert api.get(files_url(model_id, checkpoint_id, "weights.bin")).content == DATA
+    assert rehashed(server) == 0
+    assert staged(blob_url) == []
+
+
+def test_after_a_restart_the_staged_bytes_are_hashed_once_and_head_hashes_nothing(
+    settings: Settings, api_key: str, blob_url: str
+) -> None:
+    with serving(settings) as first, first.client(api_key) as api:
+        model_id = make_model(api)
+        checkpoint_id = make_checkpoint(api, model_id)
+        upload_id = start_upload(api, model_id, checkpoint_id, "weights.bin")
+        assert patch(api, upload_id, 0, DATA[:HALF]).status_code == 204
+
+    with serving(settings) as second, second.client(api_key) as api:
+        assert offset_of(api, upload_id) == HALF
+        assert offset_of(api, upload_id) == HALF
+        assert rehashed(second) == 0  # asking the offset hashes nothing
+        assert patch(api, upload_id, HALF, DATA[HALF:]).status_code == 204
+        assert offset_of(api, upload_id) == len(DATA)
+
+        done = complete(api, upload_id, {"sha256": sha(DATA)})
+
+        assert done.status_code == 201, done.text
+        assert api.get(files_url(model_id, checkpoint_id, "weights.bin")).content == DATA
+        if blob_url.startswith("s3://"):
+            # S3 cannot read parts back before the upload is assembled: all of it, once, at the end.
+            assert rehashed(second) == len(DATA)
+        else:
+            # What the first server staged, hashed once before the PATCH appended.
+            assert rehashed(second) == HALF
+
+
+def test_two_servers_appending_to_one_upload_never_trust_a_stale_hash(
+    settings: Settings, api_key: str, blob_url: str
+) -> None:
+    """As PostgreSQL deployments run: several processes on one database and one blob store."""
+    first = S3_PART_BYTES + MIB  # one whole S3 part and a tail: the second server sends the next
+    with (
+        serving(settings) as one,
+        serving(settings) as two,
+        one.client(api_key) as api_one,
+        two.client(api_key) as api_two,
+    ):
+        model_id = make_model(api_one)
+        checkpoint_id = make_checkpoint(api_one, model_id)
+        upload_id = start_upload(api_one, model_id, checkpoint_id, "weights.bin")
+        assert patch(api_one, upload_id, 0, DATA[:first]).status_code == 204  # one keeps its hash
+        assert patch(api_two, upload_id, first, DATA[first:]).status_code == 204
+        assert offset_of(api_one, upload_id) == len(DATA)
+
+        done = complete(api_one, upload_id, {"sha256": sha(DATA)})
+
+        assert done.status_code == 201, done.text
+        assert api_one.get(files_url(model_id, checkpoint_id, "weights.bin")).content == DATA
+        # One's hash covered only what it staged: it hashed the whole file again instead.
+        assert rehashed(one) == len(DATA)
+        # Two hashed one's bytes before appending (S3: it cannot, and left the hashing to the end).
+        assert rehashed(two) == (0 if blob_url.startswith("s3://") else first)
+
+
+@pytest.mark.parametrize("blob_url", ["local"], indirect=True)
+def test_a_staged_file_replaced_behind_the_server_is_hashed_again(
+    server: RunningServer,
+    api: httpx.Client,
+    model_id: str,
+    checkpoint_id: str,
+    blob_url: str,
+) -> None:
+    upload_id = start_upload(api, model_id, checkpoint_id, "weights.bin")
+    assert patch(api, upload_id, 0, DATA).status_code == 204
+    # Other bytes of the same length, under the staged file's name (as a restore from a copy would).
+    other = os.urandom(len(DATA))
+    path = Path(blob_url) / "uploads" / uuid.UUID(upload_id).hex
+    replacement = path.with_name("replacement")
+    replacement.write_bytes(other)
+    replacement.replace(path)
+
+    done = complete(api, upload_id)
+
+    assert done.status_code == 201, done.text
+    assert done.json()["sha256"] == sha(other)
+    assert api.get(files_url(model_id, checkpoint_id, "weights.bin")).content == other
+    assert rehashed(server) == len(other)
+
+
+def make_model(api: httpx.Client) -> str:
+    response = api.post("/preview/models", json={"project": "p", "name": "m", "base_model": "b"})
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+def make_checkpoint(api: httpx.Client, model_id: str) -> str:
+    return str(register(api, model_id, 1)["id"])

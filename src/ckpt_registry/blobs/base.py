@@ -95,6 +95,10 @@ class Upload(Protocol):
 class BlobStore(Protocol):
     """Content-addressed blobs: each is stored once under the sha256 of its bytes."""
 
+    # Bytes of staged uploads read back and hashed again because no hash was kept for them (a
+    # resume in another process or after a restart; see hashstates.py). Only ever grows.
+    rehashed_bytes: int
+
     @property
     def url(self) -> str:
         """Where the blobs are, for logs and messages (never holds credentials)."""

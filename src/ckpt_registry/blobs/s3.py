@@ -41,6 +41,7 @@ from .base import (
     new_upload_id,
 )
 from .errors import BlobNotFound, BlobStoreUnavailable, DigestMismatch, UploadNotFound
+from .hashstates import HashStates
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -82,6 +83,8 @@ class S3BlobStore:
         self._stack: AsyncExitStack | None = None
         self._s3: S3Client | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self.hash_states = HashStates()
+        self.rehashed_bytes = 0
 
     @property
     def url(self) -> str:
@@ -275,10 +278,14 @@ class S3BlobStore:
             parts.append(part)
         with s3_errors(self, "resuming an upload"):
             tail, tail_staged = await self._staged_tail(upload_id, len(parts))
-        # The parts of an unfinished multipart upload cannot be read back, so a resumed upload is
-        # hashed at `finish`, from the assembled object; one without parts hashes as it goes (its
-        # tail is in the buffer, hashed with the rest).
-        upload = S3Upload(self, upload_id, multipart_id, parts, None if parts else hashlib.sha256())
+        # The parts of an unfinished multipart upload cannot be read back: without the hash this
+        # process kept when the last request left exactly these parts, a resumed upload is hashed
+        # at `finish`, from the assembled object. One without parts hashes as it goes (its tail is
+        # in the buffer, hashed with the rest).
+        hasher = self.hash_states.take(upload_id, _described(multipart_id, parts))
+        if not parts:
+            hasher = hashlib.sha256()
+        upload = S3Upload(self, upload_id, multipart_id, parts, hasher)
         upload.load_tail(tail, tail_staged)
         return upload
 
@@ -364,6 +371,7 @@ class S3BlobStore:
     async def _discard_staged(self, upload_id: str, *, tail: bool = True) -> None:
         """Remove whatever is staged under the id: a multipart upload, a staged object, a tail
         (unless the caller knows there is none)."""
+        self.hash_states.drop(upload_id)
         key = self.upload_key(upload_id)
         while (multipart_id := await self._multipart_id(key)) is not None:
             try:
@@ -420,13 +428,22 @@ class S3BlobStore:
         expected_sha256: str | None,
         known: BlobInfo | None,
         on_digest: OnDigest | None,
+        *,
+        read_back: bool = False,
     ) -> BlobInfo:
         """Make the staged object `uploads/<id>` the blob it hashes to (hashing it first unless
-        `known`), then remove it. DigestMismatch and an existing blob remove it too."""
+        `known`), then remove it. DigestMismatch and an existing blob remove it too. `read_back`:
+        the bytes came through this server (a resumed upload), so hashing them counts in
+        `rehashed_bytes`."""
         key = self.upload_key(upload_id)
         with s3_errors(self, "storing a blob"):
             try:
-                blob = known or await self._hash_object(key, upload_id)
+                if known is None:
+                    blob = await self._hash_object(key, upload_id)
+                    if read_back:
+                        self.rehashed_bytes += blob.size
+                else:
+                    blob = known
                 if expected_sha256 is not None and blob.sha256 != expected_sha256:
                     raise DigestMismatch(expected_sha256, blob.sha256)
                 if on_digest is not None and known is None:
@@ -614,7 +631,9 @@ class S3Upload:
             self._buffer = bytearray()
             raise
         try:
-            return await store.publish_staged(self._id, expected_sha256, blob, on_digest)
+            return await store.publish_staged(
+                self._id, expected_sha256, blob, on_digest, read_back=blob is None
+            )
         finally:
             # The staged object is gone whatever happened there, and with it the upload.
             if self._tail_staged:
@@ -647,11 +666,16 @@ class S3Upload:
         if self._closed:  # finished, aborted, or a write failed (then the last staged tail holds)
             return
         self._closed = True
+        store = self._store
+        if self._hasher is not None and self._parts:
+            # The hash of the parts (the tail is hashed at `finish`), for the next request here.
+            store.hash_states.keep(
+                self._id, _described(self._multipart_id, self._parts), self._hasher
+            )
         if not self._written:
             self._buffer = bytearray()
             return
         tail, self._buffer = bytes(self._buffer), bytearray()
-        store = self._store
         with s3_errors(store, "saving a staged upload"):
             if tail:
                 await store.s3.put_object(
@@ -663,6 +687,11 @@ class S3Upload:
                 self._tail_staged = True
             elif self._tail_staged:
                 await store.s3.delete_object(Bucket=store.bucket, Key=store.tail_key(self._id))
+
+
+def _described(multipart_id: str, parts: list[_Part]) -> tuple[str, tuple[_Part, ...]]:
+    """Staged parts as the hash kept for them knows them: a part sent again has another ETag."""
+    return multipart_id, tuple(parts)
 
 
 def _seconds(expires_in: timedelta) -> int:

@@ -131,6 +131,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             raise
         app.state.storage = storage
         app.state.blobs = blobs
+        if metrics is not None:
+            metrics.watch_blobs(blobs)
         metrics_server = None
         if metrics is not None and settings.metrics_port is not None and settings.workers == 1:
             # Several workers share one port served by `ckpt serve` itself (`serving.py`).

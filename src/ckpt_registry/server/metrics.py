@@ -20,6 +20,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from ..blobs import BlobStore
 from ..storage.base import PoolUsage
 
 METRICS_PATH = "/metrics"
@@ -106,6 +107,12 @@ class Metrics:
             "Bytes of blobs the collector removed",
             registry=registry,
         )
+        self.blob_rehashed_bytes = Counter(
+            "ckpt_blob_rehashed_bytes",
+            "Bytes of staged uploads read back and hashed again to resume or complete them (a "
+            "resume in another process or after a restart)",
+            registry=registry,
+        )
         # Summed over the live workers in multi-process mode.
         self.pool_connections = Gauge(
             "ckpt_db_pool_connections",
@@ -126,6 +133,12 @@ class Metrics:
         self._counts: dict[tuple[str, str, int], int] = {}
         self._received = 0
         self._sent = 0
+        self._blobs: BlobStore | None = None
+        self._rehashed_published = 0
+
+    def watch_blobs(self, blobs: BlobStore) -> None:
+        """Publish what the blob store counts (its `rehashed_bytes`) with the request tallies."""
+        self._blobs, self._rehashed_published = blobs, blobs.rehashed_bytes
 
     def observe_request(
         self, method: str, route: str, status: int, seconds: float, received: int, sent: int
@@ -149,6 +162,11 @@ class Metrics:
             self.body_bytes.labels("up").inc(received)
         if sent:
             self.body_bytes.labels("down").inc(sent)
+        if self._blobs is not None:
+            rehashed = self._blobs.rehashed_bytes
+            if rehashed > self._rehashed_published:
+                self.blob_rehashed_bytes.inc(rehashed - self._rehashed_published)
+                self._rehashed_published = rehashed
 
     def observe_pool(self, usage: PoolUsage) -> None:
         self.pool_connections.labels("in_use").set(usage.in_use)
