@@ -1,6 +1,7 @@
 """Benchmark the SDK moving a checkpoint folder against `curl` moving the same files, in one run.
 
     .venv/bin/python benchmarks/sdk_transfer.py [--files 8] [--file-mib 128] [--rounds 2] [--parallel 4]
+        [--resumable-above BYTES]
 
 `ckpt serve` (one worker, local blob store, a new SQLite database) on 127.0.0.1. Each round, with new
 content in every file (its last 32 bytes rewritten, so nothing is skipped as held already):
@@ -10,7 +11,9 @@ the SDK uploads the same folder again, which must send no file bytes (its result
 `/metrics` count of request body bytes). Down: `curl` GETs the files into a folder, `--parallel` at a
 time, then `client.checkpoints.download` into another (each file hashed and renamed into place). The
 table gives MB/s (10^6 bytes/s, wall to wall, median of the rounds) and SDK/curl (target >= 0.8).
-Always exits 0 once it has run.
+`--resumable-above 0` makes the SDK send every file as a resumable upload (POST, PATCH, complete)
+instead of one PUT; the server's count of staged bytes it hashed again is printed too. Always exits
+0 once it has run.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import httpx
 
 from _common import OUT, log
 from _servers import VENV_BIN, Server, start_ours, stop_children
-from ckpt_registry.client import Client
+from ckpt_registry.client import Client, transfers
 from ckpt_registry.contract import CHECKPOINTS_PATH
 
 MB = 1_000_000
@@ -81,9 +84,14 @@ def start_server() -> tuple[Server, str]:
 
 
 def bytes_up(server: Server) -> float:
+    return counted(server, "ckpt_http_body_bytes_total", 'direction="up"')
+
+
+def counted(server: Server, name: str, labels: str = "") -> float:
+    """The sum of the server's `name` series whose labels hold `labels`."""
     total = 0.0
     for line in httpx.get(f"{server.base_url}/metrics", timeout=30).text.splitlines():
-        if line.startswith("ckpt_http_body_bytes_total") and 'direction="up"' in line:
+        if line.startswith(name) and labels in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -166,7 +174,17 @@ def main() -> None:
     parser.add_argument("--file-mib", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument(
+        "--resumable-above",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="the SDK sends files above this size as resumable uploads (default: the SDK's own)",
+    )
     options = parser.parse_args()
+    if options.resumable_above is not None:
+        # The SDK reads it at each upload (`client.checkpoints.upload` takes no such argument).
+        transfers.RESUMABLE_ABOVE = options.resumable_above
     OUT.mkdir(exist_ok=True)
     folder = OUT / "sdk-transfer-source"
     log(f"writing {options.files} x {options.file_mib} MiB of random bytes to {folder}")
@@ -175,6 +193,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {"curl up": [], "sdk up": [], "curl down": [], "sdk down": []}
     again_seconds: list[float] = []
     again_bytes: list[float] = []
+    rehashed = 0.0
     try:
         with Client(api_key=key, base_url=f"{server.base_url}/v1") as client:
             model = client.models.create(
@@ -200,12 +219,14 @@ def main() -> None:
                         f"{name} {values[-1] / MB:,.0f} MB/s" for name, values in rates.items()
                     )
                 )
+            rehashed = counted(server, "ckpt_blob_rehashed_bytes_total")
     finally:
         stop_children()
     print()
     print(
         f"{options.files} x {options.file_mib} MiB, parallel {options.parallel}, "
-        f"{options.rounds} rounds, MB/s median (range)"
+        f"{options.rounds} rounds, SDK resumable above {transfers.RESUMABLE_ABOVE:,} bytes, "
+        "MB/s median (range)"
     )
     for name, values in rates.items():
         print(
@@ -221,6 +242,7 @@ def main() -> None:
         f"0 file bytes sent (request bytes the server received: "
         f"{max(again_bytes):,.0f})"
     )
+    print(f"  staged bytes the server hashed again: {rehashed:,.0f}")
     shutil.rmtree(folder, ignore_errors=True)
 
 
