@@ -12,8 +12,9 @@ the SDK uploads the same folder again, which must send no file bytes (its result
 time, then `client.checkpoints.download` into another (each file hashed and renamed into place). The
 table gives MB/s (10^6 bytes/s, wall to wall, median of the rounds) and SDK/curl (target >= 0.8).
 `--resumable-above 0` makes the SDK send every file as a resumable upload (POST, PATCH, complete)
-instead of one PUT; the server's count of staged bytes it hashed again is printed too. Always exits
-0 once it has run.
+instead of one PUT; the server's CPU seconds per GB the SDK uploaded (less noisy than MB/s on a
+shared machine) and its count of staged bytes it hashed again are printed too. Always exits 0 once it
+has run.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import httpx
 
 from _common import OUT, log
 from _servers import VENV_BIN, Server, start_ours, stop_children
+from _transfer import tree_cpu_seconds
 from ckpt_registry.client import Client, transfers
 from ckpt_registry.contract import CHECKPOINTS_PATH
 
@@ -118,6 +120,7 @@ def one_round(
     rates: dict[str, list[float]],
     again_seconds: list[float],
     again_bytes: list[float],
+    up_cpu: list[float],
 ) -> None:
     total = sum(p.stat().st_size for p in paths)
     curl_checkpoint = client.checkpoints.register(model_id, step=2 * round_number).id
@@ -136,11 +139,12 @@ def one_round(
 
     renew(paths)
     sdk_checkpoint = client.checkpoints.register(model_id, step=2 * round_number + 1).id
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), tree_cpu_seconds(server.pid)
     sent = client.checkpoints.upload(
         model_id, folder, checkpoint_id=sdk_checkpoint, parallel=parallel
     )
     rates["sdk up"].append(total / (time.perf_counter() - began))
+    up_cpu.append((tree_cpu_seconds(server.pid) - cpu) / (total / 1e9))
     assert sent.bytes_sent == total, sent
 
     before = bytes_up(server)
@@ -193,6 +197,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {"curl up": [], "sdk up": [], "curl down": [], "sdk down": []}
     again_seconds: list[float] = []
     again_bytes: list[float] = []
+    up_cpu: list[float] = []
     rehashed = 0.0
     try:
         with Client(api_key=key, base_url=f"{server.base_url}/v1") as client:
@@ -212,6 +217,7 @@ def main() -> None:
                     rates,
                     again_seconds,
                     again_bytes,
+                    up_cpu,
                 )
                 log(
                     f"round {round_number + 1}: "
@@ -241,6 +247,10 @@ def main() -> None:
         f"  second upload of the same folder: {statistics.median(again_seconds):.2f} s, "
         f"0 file bytes sent (request bytes the server received: "
         f"{max(again_bytes):,.0f})"
+    )
+    print(
+        f"  server CPU per GB the SDK uploaded: {statistics.median(up_cpu):.2f} s "
+        f"({min(up_cpu):.2f}-{max(up_cpu):.2f})"
     )
     print(f"  staged bytes the server hashed again: {rehashed:,.0f}")
     shutil.rmtree(folder, ignore_errors=True)
