@@ -88,7 +88,8 @@ class Upload(Protocol):
 
     async def close(self) -> None:
         """Stop writing but keep every byte written for `resume_upload` (S3 stages what is past the
-        last whole part as an object of its own)."""
+        last whole part as an object of its own), and, in this process, the hash of them so far, so
+        the next `resume_upload` here need not hash them again (hashstates.py)."""
         ...
 
 
@@ -131,7 +132,9 @@ class BlobStore(Protocol):
     async def begin_upload(self) -> Upload: ...
 
     async def resume_upload(self, upload_id: str) -> Upload:
-        """The staged upload, ready to take bytes from its `offset`; UploadNotFound if there is none."""
+        """The staged upload, ready to take bytes from its `offset`; UploadNotFound if there is none.
+        Reading `offset` or aborting hashes nothing; staged bytes whose hash was not kept are hashed
+        when a write or `finish` needs it."""
         ...
 
     def list_uploads(self) -> AsyncIterator[StagedUpload]: ...
