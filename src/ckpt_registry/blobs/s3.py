@@ -2,6 +2,7 @@
 
     <prefix>sha256/<hex>         one object per blob
     <prefix>uploads/<id>         a multipart upload being staged, or a presigned PUT waiting to be checked
+                                 (<id>: 32 hex, resumable; put-<ms>-<hex>, a single request's)
     <prefix>uploads/<id>.tail    the bytes a closed upload holds past its last whole part
 
 A blob appears by one completed write to its key (a PUT, or a server-side copy of a staged object) made
@@ -38,7 +39,9 @@ from .base import (
     check_sha256,
     content_disposition,
     is_upload_id,
+    new_single_request_id,
     new_upload_id,
+    staged_upload,
 )
 from .errors import BlobNotFound, BlobStoreUnavailable, DigestMismatch, UploadNotFound
 
@@ -238,8 +241,8 @@ class S3BlobStore:
                     if len(name) == 64:
                         yield StoredBlob(name, item["Size"], item["LastModified"])
 
-    async def begin_upload(self) -> S3Upload:
-        upload_id = new_upload_id()
+    async def begin_upload(self, *, resumable: bool = False) -> S3Upload:
+        upload_id = new_upload_id() if resumable else new_single_request_id()
         with s3_errors(self, "starting an upload"):
             answer = await self.s3.create_multipart_upload(
                 Bucket=self.bucket, Key=self.upload_key(upload_id)
@@ -317,11 +320,14 @@ class S3BlobStore:
             async for page in uploads:
                 for item in page.get("Uploads", []):
                     name = item["Key"][len(folder) :]
-                    if is_upload_id(name):
-                        touched = await self._last_part_time(item["Key"], item["UploadId"])
-                        yield StagedUpload(
-                            name, max(item["Initiated"], touched or item["Initiated"])
-                        )
+                    if staged_upload(name, item["Initiated"]) is None:
+                        continue
+                    touched = await self._last_part_time(item["Key"], item["UploadId"])
+                    upload = staged_upload(
+                        name, max(item["Initiated"], touched or item["Initiated"])
+                    )
+                    if upload is not None:
+                        yield upload
             # Presigned PUTs not yet checked, and staged objects a crash left before their copy.
             objects = self.s3.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=folder
@@ -329,8 +335,9 @@ class S3BlobStore:
             async for listing in objects:
                 for entry in listing.get("Contents", []):
                     name = entry["Key"][len(folder) :].removesuffix(_TAIL)
-                    if is_upload_id(name):
-                        yield StagedUpload(name, entry["LastModified"])
+                    upload = staged_upload(name, entry["LastModified"])
+                    if upload is not None:
+                        yield upload
 
     async def _last_part_time(self, key: str, multipart_id: str) -> datetime | None:
         latest = None
@@ -348,15 +355,30 @@ class S3BlobStore:
         return latest
 
     async def expire_uploads(self, older_than: timedelta) -> int:
+        return await self._remove_untouched(older_than, "removing expired uploads")
+
+    async def remove_dropped_uploads(self, idle: timedelta) -> int:
+        # No lock says whether a request still writes a multipart upload: one that was not written
+        # to for `idle` is taken for dropped.
+        return await self._remove_untouched(
+            idle, "removing the staged bytes of dropped uploads", resumable=False
+        )
+
+    async def _remove_untouched(
+        self, older_than: timedelta, doing: str, *, resumable: bool | None = None
+    ) -> int:
+        """Remove the staged uploads (of one kind, or both when `resumable` is None) not written
+        to for `older_than`."""
         cutoff = datetime.now(UTC) - older_than
         # An id can be listed twice (a multipart upload and its completed object): newest counts.
         touched: dict[str, datetime] = {}
         async for upload in self.list_uploads():
-            touched[upload.upload_id] = max(
-                upload.touched, touched.get(upload.upload_id, upload.touched)
-            )
+            if resumable is None or upload.resumable == resumable:
+                touched[upload.upload_id] = max(
+                    upload.touched, touched.get(upload.upload_id, upload.touched)
+                )
         stale = [upload_id for upload_id, when in touched.items() if when < cutoff]
-        with s3_errors(self, "removing expired uploads"):
+        with s3_errors(self, doing):
             for upload_id in stale:
                 await self._discard_staged(upload_id)
         return len(stale)

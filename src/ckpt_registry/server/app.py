@@ -63,6 +63,7 @@ async def collect_garbage(
             tombstone_ttl=settings.tombstone_ttl_seconds,
             blob_grace=settings.blob_grace_seconds,
             upload_ttl=settings.upload_ttl_seconds,
+            put_idle=settings.put_idle_seconds,
         )
     except (StorageError, BlobError) as exc:
         log.warning("garbage collection failed: %s", exc)
@@ -77,12 +78,15 @@ async def collect_garbage(
         metrics.gc_removed.labels("model_deletes").inc(done.finished_models)
         metrics.gc_removed.labels("tombstones").inc(done.tombstones)
         metrics.gc_removed.labels("uploads").inc(done.expired_uploads)
+        metrics.gc_removed.labels("dropped_puts").inc(done.dropped_uploads)
         metrics.gc_removed.labels("blobs").inc(done.blobs)
         metrics.gc_freed_bytes.inc(done.freed_bytes)
     if done.finished_models:
         log.info("finished deleting the rows of %d deleted models", done.finished_models)
     if done.tombstones:
         log.info("purged %d old tombstones", done.tombstones)
+    if done.dropped_uploads:
+        log.info("removed the staged bytes of %d dropped uploads", done.dropped_uploads)
     if done.blobs:
         log.info("removed %d unreferenced blobs (%d bytes)", done.blobs, done.freed_bytes)
 

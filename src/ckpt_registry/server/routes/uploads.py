@@ -105,7 +105,7 @@ async def start_upload(
 ) -> Response:
     path = _checked_path(body.path, ["body", "path"])
     await storage.require_checkpoint(entity, model_id, checkpoint_id)
-    staged = await blobs.begin_upload()
+    staged = await blobs.begin_upload(resumable=True)
     await staged.close()
     try:
         session = await storage.create_upload(
