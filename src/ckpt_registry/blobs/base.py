@@ -70,8 +70,9 @@ OnDigest = Callable[[BlobInfo], Awaitable[None]]
 class Upload(Protocol):
     """Bytes being staged for one blob. One writer at a time; `offset` counts every byte written.
 
-    Dropping an Upload without `finish` or `abort` keeps what is staged for `resume_upload`; `close`
-    says so explicitly and makes the staged bytes durable."""
+    Dropping a resumable Upload without `finish` or `abort` keeps what is staged for `resume_upload`;
+    `close` says so explicitly and makes the staged bytes durable. A single request's dropped Upload
+    is left for `BlobStore.remove_dropped_uploads`."""
 
     @property
     def id(self) -> str: ...

@@ -18,7 +18,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -319,15 +319,13 @@ class S3BlobStore:
             )
             async for page in uploads:
                 for item in page.get("Uploads", []):
-                    name = item["Key"][len(folder) :]
-                    if staged_upload(name, item["Initiated"]) is None:
-                        continue
+                    upload = staged_upload(item["Key"][len(folder) :], item["Initiated"])
+                    if upload is None:
+                        continue  # not an upload's key: no need to list its parts
                     touched = await self._last_part_time(item["Key"], item["UploadId"])
-                    upload = staged_upload(
-                        name, max(item["Initiated"], touched or item["Initiated"])
-                    )
-                    if upload is not None:
-                        yield upload
+                    if touched is not None and touched > upload.touched:
+                        upload = replace(upload, touched=touched)
+                    yield upload
             # Presigned PUTs not yet checked, and staged objects a crash left before their copy.
             objects = self.s3.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=folder
