@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     )
     put_idle_seconds: float = Field(
         default=3600,
-        ge=0,
+        gt=0,
         description="S3 store: the collector removes what a plain PUT staged once nothing was "
         "written to it for this long (its request is taken for dropped); the local store knows "
         "at once (a lock)",
