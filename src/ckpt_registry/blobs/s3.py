@@ -311,7 +311,12 @@ class S3BlobStore:
                     found = (item["Initiated"], item["UploadId"])
         return None if found is None else found[1]
 
-    async def list_uploads(self) -> AsyncIterator[StagedUpload]:
+    def list_uploads(self) -> AsyncIterator[StagedUpload]:
+        return self._list_staged(resumable=None)
+
+    async def _list_staged(self, *, resumable: bool | None) -> AsyncIterator[StagedUpload]:
+        """The staged uploads of one kind, or of both when `resumable` is None (the parts of the
+        other kind's multipart uploads are not listed: a request each)."""
         folder = f"{self.prefix}uploads/"
         with s3_errors(self, "listing staged uploads"):
             uploads = self.s3.get_paginator("list_multipart_uploads").paginate(
@@ -320,8 +325,8 @@ class S3BlobStore:
             async for page in uploads:
                 for item in page.get("Uploads", []):
                     upload = staged_upload(item["Key"][len(folder) :], item["Initiated"])
-                    if upload is None:
-                        continue  # not an upload's key: no need to list its parts
+                    if upload is None or resumable not in (None, upload.resumable):
+                        continue
                     touched = await self._last_part_time(item["Key"], item["UploadId"])
                     if touched is not None and touched > upload.touched:
                         upload = replace(upload, touched=touched)
@@ -334,7 +339,7 @@ class S3BlobStore:
                 for entry in listing.get("Contents", []):
                     name = entry["Key"][len(folder) :].removesuffix(_TAIL)
                     upload = staged_upload(name, entry["LastModified"])
-                    if upload is not None:
+                    if upload is not None and resumable in (None, upload.resumable):
                         yield upload
 
     async def _last_part_time(self, key: str, multipart_id: str) -> datetime | None:
@@ -370,11 +375,10 @@ class S3BlobStore:
         cutoff = datetime.now(UTC) - older_than
         # An id can be listed twice (a multipart upload and its completed object): newest counts.
         touched: dict[str, datetime] = {}
-        async for upload in self.list_uploads():
-            if resumable is None or upload.resumable == resumable:
-                touched[upload.upload_id] = max(
-                    upload.touched, touched.get(upload.upload_id, upload.touched)
-                )
+        async for upload in self._list_staged(resumable=resumable):
+            touched[upload.upload_id] = max(
+                upload.touched, touched.get(upload.upload_id, upload.touched)
+            )
         stale = [upload_id for upload_id, when in touched.items() if when < cutoff]
         with s3_errors(self, doing):
             for upload_id in stale:
