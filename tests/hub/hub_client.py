@@ -205,6 +205,20 @@ def hf_api(method: str, **kwargs: Any) -> Any:
 
 
 @op
+def hf_file_system(method: str, path: str, **kwargs: Any) -> Any:
+    """`HfFileSystem().<method>(path, ...)`: the `hf://` paths pandas, datasets and fsspec read."""
+    return _plain(getattr(huggingface_hub.HfFileSystem(), method)(path, **kwargs))
+
+
+@op
+def config(repo_id: str, revision: str | None = None) -> Json:
+    from transformers import AutoConfig
+
+    loaded: Json = AutoConfig.from_pretrained(repo_id, revision=revision).to_dict()
+    return loaded
+
+
+@op
 def file_metadata(repo_id: str, filename: str, revision: str | None = None) -> Json:
     url = huggingface_hub.hf_hub_url(repo_id, filename, revision=revision)
     meta = huggingface_hub.get_hf_file_metadata(url)

@@ -266,6 +266,7 @@ def test_the_hub_client_against_the_server(hub: Hub) -> None:
     check_refs_are_main_and_a_branch_per_step(hub)
     check_commits_are_the_checkpoints_up_to_the_revision(hub)
     check_whoami_names_the_keys_entity_and_role(hub)
+    check_hf_file_system_reads_revisions(hub)
     check_what_is_not_served_is_a_readable_error(hub)
     check_commit_changes_with_the_files_and_the_old_one_is_gone(hub)
     check_errors_are_the_clients_own(hub)
@@ -331,6 +332,12 @@ def check_from_pretrained_loads_the_uploaded_weights(hub: Hub) -> None:
     tokens = hub.client.call("tokenize", repo_id="team/agent-7", revision="step-2", text=text)
     assert tokens == hub.client.call("tokenize", repo_id=str(hub.model_folder), text=text)
     assert 0 not in tokens  # every word known: the uploaded vocabulary, not a stand-in
+    config = hub.client.call("config", repo_id="team/agent-7", revision="best-accuracy")
+    saved = json.loads((hub.model_folder / "config.json").read_text())
+    assert {name: config.get(name) for name in saved} == saved | {
+        "transformers_version": config["transformers_version"]
+    }
+    assert config["_name_or_path"] == "team/agent-7"
     # By model id as well as by name.
     model_id = hub.client.call("model_info", repo_id="team/agent-7")["ckpt"]["model_id"]
     assert hub.client.call("from_pretrained", repo_id=model_id) == local
@@ -590,6 +597,28 @@ def check_whoami_names_the_keys_entity_and_role(hub: Hub) -> None:
     wrong = hub.client.ask("hf_api", method="whoami", token="not-a-key")
     assert wrong["error"] == "HfHubHTTPError"
     assert "Invalid user token" in wrong["message"]
+
+
+def check_hf_file_system_reads_revisions(hub: Hub) -> None:
+    """`hf://` paths (HfFileSystem: pandas, datasets, fsspec): listing, glob, info and reading, at a
+    revision written `repo@revision` (the client percent-encodes its `/`)."""
+    fs = "hf_file_system"
+    assert hub.client.call(fs, method="ls", path="team/agent-7/extra", detail=False) == [
+        "team/agent-7/extra/notes",
+        "team/agent-7/extra/run.json",
+    ]
+    found = hub.client.call(fs, method="glob", path="team/agent-7@step-1/**/*.md")
+    assert found == [
+        "team/agent-7@step-1/extra/notes/readme.md",
+        "team/agent-7@step-1/notes café #1.md",
+    ]
+    for revision, step in (("step-1", 1), ("best-eval/loss", 2)):
+        path = f"team/agent-7@{quote(revision, safe='')}/step.txt"
+        assert hub.client.call(fs, method="read_text", path=path) == str(step)
+    info = hub.client.call(fs, method="info", path="team/agent-7/extra/run.json")
+    assert (info["type"], info["lfs"]["sha256"]) == ("file", hub.uploaded[3]["extra/run.json"])
+    assert hub.client.call(fs, method="exists", path="team/agent-7/extra") is True
+    assert hub.client.call(fs, method="exists", path="team/agent-7/missing.bin") is False
 
 
 def check_what_is_not_served_is_a_readable_error(hub: Hub) -> None:

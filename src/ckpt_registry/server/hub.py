@@ -93,6 +93,18 @@ class HubError(Exception):
         return cls(400, None, message)
 
     @classmethod
+    def bad_cursor(cls) -> HubError:
+        return cls.bad_request("cursor: use the Link header's URL as it is")
+
+    @classmethod
+    def models_only(cls) -> HubError:
+        return cls(
+            404,
+            "RepoNotFound",
+            "Repository not found: this registry holds models only (no datasets or spaces)",
+        )
+
+    @classmethod
     def revision_not_found(cls, revision: str) -> HubError:
         return cls(404, "RevisionNotFound", f"Invalid rev id: {revision}")
 
@@ -129,11 +141,7 @@ def unserved(segments: list[str]) -> HubError:
     """The answer to a read of `/api/...` this server does not serve: a dataset or a space is a
     repository that does not exist here; anything else names what is served instead."""
     if segments and segments[0] in ("datasets", "spaces"):
-        return HubError(
-            404,
-            "RepoNotFound",
-            "Repository not found: this registry holds models only (no datasets or spaces)",
-        )
+        return HubError.models_only()
     return HubError(
         404,
         None,

@@ -27,7 +27,15 @@ from ...contract import (
     MAX_NAME_LENGTH,
     file_path_problem,
 )
-from ...storage.base import Caller, Checkpoint, FileRecord, Model, Storage, canonical_uuid
+from ...storage.base import (
+    Caller,
+    Checkpoint,
+    CheckpointRow,
+    FileRecord,
+    Model,
+    Storage,
+    canonical_uuid,
+)
 from ...storage.errors import CheckpointNotFound, InvalidCursor, MetricNotFound, ModelNotFound
 from ..auth import AuthenticationFailed, StorageDep, caller_for_authorization
 from ..bodies import BodyUnreadable, JSONBodyRoute, json_content_type, parse_json_body
@@ -253,7 +261,7 @@ async def _tree(
         # last path listed. A folder is listed before its first file, on the page that holds it.
         cursor = request.query_params.get("cursor")
         if cursor is not None and file_path_problem(cursor) is not None:
-            raise HubError(400, None, "cursor: use the Link header's URL as it is")
+            raise HubError.bad_cursor()
         after = cursor if cursor is not None else (prefix or None)
         page = await storage.list_files(
             entity, model_id, checkpoint_id, after=after, limit=FILES_LIMIT_MAX
@@ -307,23 +315,33 @@ async def _children(
                 return entries
 
 
+async def _with_commits(
+    storage: Storage, entity: str, model_id: str, rows: list[CheckpointRow]
+) -> list[tuple[Checkpoint, str]]:
+    """The listed checkpoints with their commits (a file list each); one deleted meanwhile is left
+    out, as it is gone from every branch and history."""
+    found: list[tuple[Checkpoint, str]] = []
+    for checkpoint_id, _, _ in rows:
+        try:
+            checkpoint = await storage.get_checkpoint(entity, model_id, checkpoint_id)
+            files = await _all_files(storage, entity, model_id, checkpoint_id)
+        except CheckpointNotFound:
+            continue
+        found.append((checkpoint, commit_sha(checkpoint_id, files)))
+    return found
+
+
 async def _branch_commits(
     storage: Storage, entity: str, model: Model
 ) -> list[tuple[Checkpoint, str]]:
-    """Every live checkpoint of the model by step, with its commit (one file list each)."""
+    """Every live checkpoint of the model by step, with its commit."""
     found: list[tuple[Checkpoint, str]] = []
     after: str | None = None
     while True:
         page = await storage.list_checkpoints(
             entity, model.id, after=after, limit=LIST_LIMIT_MAX, order="asc"
         )
-        for checkpoint_id, _, _ in page.data:
-            try:
-                checkpoint = await storage.get_checkpoint(entity, model.id, checkpoint_id)
-                files = await _all_files(storage, entity, model.id, checkpoint_id)
-            except CheckpointNotFound:  # deleted meanwhile: no longer a branch
-                continue
-            found.append((checkpoint, commit_sha(checkpoint_id, files)))
+        found += await _with_commits(storage, entity, model.id, page.data)
         if not page.has_more or not page.data:
             return found
         after = page.data[-1][0]
@@ -354,20 +372,14 @@ async def _commits(
         history.append((snapshot.checkpoint, snapshot.commit))
         cursor = snapshot.checkpoint.id
     elif canonical_uuid(cursor) is None:
-        raise HubError.bad_request("cursor: use the Link header's URL as it is")
+        raise HubError.bad_cursor()
     try:
         page = await storage.list_checkpoints(
             entity, model_id, after=cursor, limit=HUB_COMMITS_PAGE - len(history), order="desc"
         )
-        for checkpoint_id, _, _ in page.data:
-            try:
-                checkpoint = await storage.get_checkpoint(entity, model_id, checkpoint_id)
-                files = await _all_files(storage, entity, model_id, checkpoint_id)
-            except CheckpointNotFound:  # deleted meanwhile: gone from the history
-                continue
-            history.append((checkpoint, commit_sha(checkpoint_id, files)))
+        history += await _with_commits(storage, entity, model_id, page.data)
     except InvalidCursor:
-        raise HubError.bad_request("cursor: use the Link header's URL as it is") from None
+        raise HubError.bad_cursor() from None
     except ModelNotFound:
         raise HubError.repo_not_found() from None
     headers: dict[str, str] = {}
@@ -502,7 +514,7 @@ async def resolve(
 async def other_repository(request: Request, storage: StorageDep) -> Response:
     """A file of a dataset or a space (`/datasets/{ns}/{name}/resolve/...`): no such repository."""
     await _entity(request, storage)
-    raise unserved(["datasets"])
+    raise HubError.models_only()
 
 
 @router.api_route(HUB_PATH_PREFIX + "/{rest:path}", methods=["GET", "HEAD"])
