@@ -482,7 +482,8 @@ def check_paths_info_and_existence_checks(hub: Hub) -> None:
         "RepositoryNotFoundError"
     )
     refused = hub.client.ask(api, method="auth_check", repo_id="team/agent-7", write=True)
-    assert "read-only" in refused["message"], refused
+    assert refused["error"] == "HfHubHTTPError", refused
+    assert "403 Forbidden: This registry's Hub API is read-only" in refused["message"], refused
     metadata = hub.client.call("file_metadata", repo_id="team/agent-7", filename="step.txt")
     assert metadata == {
         "commit": _commits(hub)["main"],

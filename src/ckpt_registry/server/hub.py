@@ -89,6 +89,11 @@ class HubError(Exception):
         )
 
     @classmethod
+    def cannot_write(cls) -> HubError:
+        # `auth-check/write` asks whether the key may write: no key may, here (the Hub's 403).
+        return cls(403, None, "No key writes through this registry's Hub API: it is read-only")
+
+    @classmethod
     def bad_request(cls, message: str) -> HubError:
         return cls(400, None, message)
 

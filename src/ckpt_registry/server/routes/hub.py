@@ -229,7 +229,7 @@ async def repository(request: Request, storage: StorageDep) -> Response:
     if rest == ["auth-check"]:  # `HfApi.auth_check`: the key reads the repository
         return JSONBytes({})
     if rest == ["auth-check", "write"]:
-        raise HubError.read_only()
+        raise HubError.cannot_write()
     raise unserved(rest)
 
 
