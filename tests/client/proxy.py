@@ -26,6 +26,7 @@ class CuttingProxy:
     cut_count: int = 0
     port: int = 0
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+    _handlers: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
     @property
     def url(self) -> str:
@@ -67,6 +68,10 @@ class CuttingProxy:
                 writer.close()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
         try:
             server_r, server_w = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -74,10 +79,14 @@ class CuttingProxy:
             return
         state = {"up": 0, "down": 0}
         both = [client_w, server_w]
-        await asyncio.gather(
-            self._pipe(client_r, server_w, True, state, both),
-            self._pipe(server_r, client_w, False, state, both),
-        )
+        try:
+            await asyncio.gather(
+                self._pipe(client_r, server_w, True, state, both),
+                self._pipe(server_r, client_w, False, state, both),
+            )
+        finally:
+            for w in both:
+                w.close()
 
     @contextlib.contextmanager
     def running(self) -> Iterator[CuttingProxy]:
@@ -92,6 +101,12 @@ class CuttingProxy:
                 ready.set()
                 async with server:
                     await stop[0].wait()
+                # Connections a client closed just before the proxy stops may still be winding
+                # down: end them here, so none outlives the loop.
+                for handler in list(self._handlers):
+                    handler.cancel()
+                await asyncio.gather(*self._handlers, return_exceptions=True)
+                await asyncio.sleep(0)
 
             self._loop = asyncio.new_event_loop()
             self._loop.run_until_complete(main())
