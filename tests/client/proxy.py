@@ -9,6 +9,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 
 @dataclass
@@ -121,3 +122,81 @@ class CuttingProxy:
             assert self._loop is not None
             self._loop.call_soon_threadsafe(stop[0].set)
             thread.join(10)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+@dataclass
+class ForwardProxy:
+    """An HTTP proxy on 127.0.0.1, as ``HTTP_PROXY`` names one: a request whose line names a whole
+    URL is sent on to that host (one request per connection: it asks the server for
+    ``Connection: close``), and ``CONNECT host:port`` opens a tunnel. ``seen`` keeps each request
+    line, so a test can tell which requests went through it."""
+
+    seen: list[str] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        line, *headers = head.decode("latin-1").split("\r\n")
+        method, target, version = line.split(" ")
+        self.seen.append(f"{method} {target}")
+        if method == "CONNECT":
+            host, port = target.rsplit(":", 1)
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            url = urlsplit(target)
+            up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port or 80)
+            kept = [h for h in headers if h and not h.lower().startswith(("connection:", "proxy-"))]
+            path = url.path + (f"?{url.query}" if url.query else "")
+            up_writer.write(
+                f"{method} {path} {version}\r\n".encode("latin-1")
+                + "".join(f"{h}\r\n" for h in [*kept, "Connection: close"]).encode("latin-1")
+                + b"\r\n"
+            )
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[ForwardProxy]:
+        ready = threading.Event()
+        loop = asyncio.new_event_loop()
+        stop = asyncio.Event()
+
+        async def main() -> None:
+            server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            async with server:
+                await stop.wait()
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()
+            await asyncio.sleep(0)
+
+        thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+        thread.start()
+        assert ready.wait(10), "proxy did not start"
+        try:
+            yield self
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+            thread.join(10)
+            loop.close()

@@ -20,6 +20,8 @@ from ckpt_registry.client import APIStatusError, Client, FileIntegrityError
 from ckpt_registry.client._base import APIRequest
 from ckpt_registry.client.wire import FileBody, Stop, Wire
 
+from .proxy import ForwardProxy
+
 MIB = 1024 * 1024
 
 
@@ -132,3 +134,23 @@ def test_a_body_refused_early_gives_the_answer_not_a_broken_pipe(tmp_path: Path)
             client.close()
     assert refused.value.status_code == 413
     assert "over the size limit" in str(refused.value)
+
+
+def test_file_bytes_go_through_the_proxy_the_environment_names(
+    server_url: str, api_key: str, model_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "model.bin").write_bytes(os.urandom(3 * MIB))
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    proxy = ForwardProxy()
+    with proxy.running():
+        monkeypatch.setenv("http_proxy", proxy.url)
+        with Client(api_key=api_key, base_url=server_url) as client:
+            client.checkpoints.save(model_id, step=1, path=folder)
+            client.checkpoints.download(model_id, tmp_path / "out", step=1)
+    assert (tmp_path / "out" / "model.bin").read_bytes() == (folder / "model.bin").read_bytes()
+    file_requests = [line.split(" ")[0] for line in proxy.seen if "/files/model.bin" in line]
+    assert file_requests == ["PUT", "GET"], proxy.seen

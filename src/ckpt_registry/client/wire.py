@@ -8,12 +8,14 @@ one thread per file, the network, hashing and the disk overlap across files, and
 go of the GIL.
 
 Every request still goes through :class:`Attempts`, so it is retried, and fails, exactly as the
-SDK's other requests do. Connections are kept alive and reused within one transfer. Proxies from
-the environment are not used for file bytes (docs/sdk.md, "Weights").
+SDK's other requests do. Connections are kept alive and reused within one transfer. A proxy from
+the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, as httpx reads them)
+is used as httpx uses it: ``https`` through a ``CONNECT`` tunnel, ``http`` forwarded.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import select
 import socket
@@ -24,6 +26,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import anyio
 import httpx
@@ -187,6 +191,9 @@ class Wire:
         self._lock = threading.Lock()
         self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
         self._ssl: ssl.SSLContext | None = None
+        # Hosts reached through a forwarding proxy (plain http): the request line names the whole
+        # URL, with the proxy's credentials beside it.
+        self._forwarded: dict[tuple[str, str, int], dict[str, str]] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -228,16 +235,19 @@ class Wire:
         url = request.url
         key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         connection = self._connection(key)
+        forwarded = self._forwarded.get(key)
         try:
             with self.stop.watching(_socket_of(connection)):
                 connection.putrequest(
                     request.method,
-                    url.raw_path.decode("ascii"),
+                    str(url) if forwarded is not None else url.raw_path.decode("ascii"),
                     skip_host=True,
                     skip_accept_encoding=True,
                 )
                 for name, value in request.headers.raw:
                     connection.putheader(name.decode("latin-1"), value.decode("latin-1"))
+                for proxy_header, proxy_value in (forwarded or {}).items():
+                    connection.putheader(proxy_header, proxy_value)
                 connection.endheaders()
                 try:
                     if body is not None:
@@ -318,18 +328,29 @@ class Wire:
 
     def _connect(self, key: tuple[str, str, int]) -> http.client.HTTPConnection:
         scheme, host, port = key
+        if scheme not in ("http", "https"):
+            raise CkptError(f"cannot move file bytes over {scheme!r}: only http and https")
         timeout = self._client.timeout
+        proxy = _proxy_for(scheme, host)
+        connect_host, connect_port = host, port
+        credentials: dict[str, str] = {}
+        if proxy is not None:
+            connect_host, connect_port, credentials = proxy
         connection: http.client.HTTPConnection
         if scheme == "https":
             if self._ssl is None:
                 self._ssl = httpx.create_ssl_context()
             connection = http.client.HTTPSConnection(
-                host, port, timeout=timeout.connect, context=self._ssl
+                connect_host, connect_port, timeout=timeout.connect, context=self._ssl
             )
-        elif scheme == "http":
-            connection = http.client.HTTPConnection(host, port, timeout=timeout.connect)
+            if proxy is not None:
+                connection.set_tunnel(host, port, headers=credentials)
         else:
-            raise CkptError(f"cannot move file bytes over {scheme!r}: only http and https")
+            connection = http.client.HTTPConnection(
+                connect_host, connect_port, timeout=timeout.connect
+            )
+            if proxy is not None:
+                self._forwarded[key] = credentials
         request = httpx.Request("GET", f"{scheme}://{host}:{port}/")
         try:
             connection.connect()
@@ -341,6 +362,28 @@ class Wire:
         sock.settimeout(timeout.read)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return connection
+
+
+def _proxy_for(scheme: str, host: str) -> tuple[str, int, dict[str, str]] | None:
+    """The proxy the environment names for ``scheme://host``, as (host, port, the
+    ``Proxy-Authorization`` header when it has credentials); None to go direct."""
+    proxies = getproxies()
+    url = proxies.get(scheme) or proxies.get("all")
+    if not url or proxy_bypass(host):
+        return None
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise CkptError(
+            f"the proxy {url!r} (from the environment) is not an http:// proxy, the only kind "
+            "checkpoint file bytes can go through; set NO_PROXY for this host to go direct"
+        )
+    credentials = {}
+    if parts.username is not None:
+        user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        credentials["Proxy-Authorization"] = "Basic " + base64.b64encode(user_pass.encode()).decode(
+            "ascii"
+        )
+    return parts.hostname, parts.port or 80, credentials
 
 
 class _Shrank(CkptError):
