@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -145,6 +146,8 @@ class ForwardProxy:
 
     seen: list[str] = field(default_factory=list)
     port: int = 0
+    # The local ports of its own connections onward, so the far end can tell who came through it.
+    onward_ports: set[int] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -162,10 +165,12 @@ class ForwardProxy:
         if method == "CONNECT":
             host, port = target.rsplit(":", 1)
             up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            self.onward_ports.add(up_writer.get_extra_info("sockname")[1])
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         else:
             url = urlsplit(target)
             up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port or 80)
+            self.onward_ports.add(up_writer.get_extra_info("sockname")[1])
             kept = [h for h in headers if h and not h.lower().startswith(("connection:", "proxy-"))]
             path = url.path + (f"?{url.query}" if url.query else "")
             up_writer.write(
@@ -177,26 +182,60 @@ class ForwardProxy:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[ForwardProxy]:
-        ready = threading.Event()
-        loop = asyncio.new_event_loop()
-        stop = asyncio.Event()
-
-        async def main() -> None:
-            server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-            self.port = server.sockets[0].getsockname()[1]
-            ready.set()
-            async with server:
-                await stop.wait()
-            for task in asyncio.all_tasks() - {asyncio.current_task()}:
-                task.cancel()
-            await asyncio.sleep(0)
-
-        thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
-        thread.start()
-        assert ready.wait(10), "proxy did not start"
-        try:
+        with _serving(self._handle) as self.port:
             yield self
-        finally:
-            loop.call_soon_threadsafe(stop.set)
-            thread.join(10)
-            loop.close()
+
+
+@dataclass
+class TLSFront:
+    """TLS in front of a plain-http server (as a load balancer ends TLS for the registry, or as
+    S3 speaks https): a connection's bytes, decrypted, go on to ``upstream``. ``peer_ports`` keeps
+    the client port of every connection it took."""
+
+    upstream: tuple[str, int]
+    context: ssl.SSLContext
+    port: int = 0
+    peer_ports: list[int] = field(default_factory=list)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.peer_ports.append(writer.get_extra_info("peername")[1])
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[TLSFront]:
+        with _serving(self._handle, self.context) as self.port:
+            yield self
+
+
+@contextlib.contextmanager
+def _serving(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    context: ssl.SSLContext | None = None,
+) -> Iterator[int]:
+    """``handle`` serving connections on 127.0.0.1 from a thread of its own; yields the port.
+    Connections still open at the end are ended, so none outlives the loop."""
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    port: list[int] = []
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+        port.append(server.sockets[0].getsockname()[1])
+        ready.set()
+        async with server:
+            await stop.wait()
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()
+        await asyncio.sleep(0)
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+    thread.start()
+    assert ready.wait(10), "server did not start"
+    try:
+        yield port[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()

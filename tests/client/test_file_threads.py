@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from ckpt_registry.client import APIStatusError, Client, FileIntegrityError
 from ckpt_registry.client._base import APIRequest
 from ckpt_registry.client.wire import FileBody, Stop, Wire
 
-from .proxy import ForwardProxy
+from .proxy import ForwardProxy, TLSFront
 
 MIB = 1024 * 1024
 
@@ -154,3 +156,59 @@ def test_file_bytes_go_through_the_proxy_the_environment_names(
     assert (tmp_path / "out" / "model.bin").read_bytes() == (folder / "model.bin").read_bytes()
     file_requests = [line.split(" ")[0] for line in proxy.seen if "/files/model.bin" in line]
     assert file_requests == ["PUT", "GET"], proxy.seen
+
+
+@pytest.fixture
+def tls_front(
+    server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TLSFront]:
+    """The server behind TLS with a certificate made for this test, which the SDK is told to
+    trust the way a user would (``SSL_CERT_FILE``)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    host, port = server_url.removeprefix("http://").removesuffix("/v1").split(":")
+    front = TLSFront((host, int(port)), context)
+    with front.running():
+        yield front
+
+
+def test_file_bytes_over_https_and_through_a_connect_tunnel(
+    tls_front: TLSFront, api_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"https://127.0.0.1:{tls_front.port}/v1"
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "model.bin").write_bytes(os.urandom(5 * MIB + 3))
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    with Client(api_key=api_key, base_url=url) as client:
+        model = client.models.create(project="tls", name="m", base_model="b")
+        client.checkpoints.save(model.id, step=1, path=folder)
+        client.checkpoints.download(model.id, tmp_path / "direct", step=1)
+
+    direct = len(tls_front.peer_ports)
+    proxy = ForwardProxy()
+    with proxy.running():
+        monkeypatch.setenv("https_proxy", proxy.url)
+        with Client(api_key=api_key, base_url=url) as client:
+            client.checkpoints.save(model.id, step=2, path=folder)
+            client.checkpoints.download(model.id, tmp_path / "tunnelled", step=2)
+    assert proxy.seen and all(line.startswith("CONNECT 127.0.0.1:") for line in proxy.seen)
+    # Every connection the TLS end took in the second part came through the tunnel, the file
+    # bytes' own connections too.
+    assert set(tls_front.peer_ports[direct:]) <= proxy.onward_ports
+    for out in ("direct", "tunnelled"):
+        assert on_disk(tmp_path / out) == on_disk(folder)
+        assert (tmp_path / out / "model.bin").read_bytes() == (folder / "model.bin").read_bytes()
