@@ -712,6 +712,12 @@ def check_a_long_history_comes_in_pages(hub: Hub) -> None:
 def check_commit_changes_with_the_files_and_the_old_one_is_gone(hub: Hub) -> None:
     with hub.api() as api:
         model_id = _create(api, "team", "changing")
+        # No checkpoint yet: a repository without branches or history.
+        empty = hub.client.call("hf_api", method="list_repo_refs", repo_id="team/changing")
+        assert empty["branches"] == []
+        assert hub.client.error("hf_api", method="list_repo_commits", repo_id="team/changing") == (
+            "RevisionNotFoundError"
+        )
         checkpoint_id = _register(api, model_id, 1, {})
         _upload(api, model_id, checkpoint_id, {"config.json": b"{}"})
         before = hub.client.call("snapshot_download", repo_id="team/changing")
@@ -733,6 +739,14 @@ def check_commit_changes_with_the_files_and_the_old_one_is_gone(hub: Hub) -> Non
             )
         info = hub.client.call("model_info", repo_id="team/changing")
         assert (info["ckpt"]["checkpoint_id"], info["siblings"]) == (second, {})
+        # Gone from the refs and the history too, as a commit is after a force-push.
+        refs = hub.client.call("hf_api", method="list_repo_refs", repo_id="team/changing")
+        assert [(ref["name"], ref["target_commit"]) for ref in refs["branches"]] == [
+            ("main", info["sha"]),
+            ("step-2", info["sha"]),
+        ]
+        history = hub.client.call("hf_api", method="list_repo_commits", repo_id="team/changing")
+        assert [commit["commit_id"] for commit in history] == [info["sha"]]
         assert api.delete(f"/models/{model_id}").status_code == 200
     assert hub.client.error("model_info", repo_id="team/changing") == "RepositoryNotFoundError"
 
