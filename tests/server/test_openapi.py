@@ -41,12 +41,11 @@ def document(server: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_list_operation_matches_the_seed(document: dict[str, Any]) -> None:
+    """The operation is the seed's text, field order included: its other answers (401, 404, 429, ...)
+    are named in the document's description instead (tests/server/test_error_responses.py)."""
     ours = document["paths"][LIST_PATH]["get"]
     seed = SEED["paths"][LIST_PATH]["get"]
-    for field in ("operationId", "tags", "summary", "parameters", "security"):
-        assert ours[field] == seed[field], field
-    for status in ("200", "422"):
-        assert ours["responses"][status] == seed["responses"][status]
+    assert json.dumps(ours, indent=2) == json.dumps(seed, indent=2)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -60,7 +59,8 @@ def test_list_operation_schemas_match_the_seed(document: dict[str, Any]) -> None
         "ValidationError",
     }
     for name in names:
-        assert document["components"]["schemas"][name] == seed_schemas[name], name
+        ours = json.dumps(document["components"]["schemas"][name], indent=2)
+        assert ours == json.dumps(seed_schemas[name], indent=2), name
     assert document["components"]["securitySchemes"] == SEED["components"]["securitySchemes"]
 
 
