@@ -137,6 +137,13 @@ def check_answer(
 # App-level refusals: each turns a valid request of the operation into one the rule refuses --------
 
 
+# Generated requests until one is refused, never shrunk (each example is a request).
+FIRST_REFUSED = settings(
+    max_examples=25, database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+)
+FIRST_EXAMPLE = settings(FIRST_REFUSED, max_examples=1)
+
+
 @dataclass
 class Keys:
     writer: str
@@ -242,16 +249,34 @@ def answer_with(
         find(
             strategy,
             refused,
-            settings=settings(
-                max_examples=25,
-                database=None,
-                phases=[Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            ),
+            settings=FIRST_REFUSED,
         )
     except NoSuchExample:
         findings.fail(label_of(operation), status, "; ".join(sorted(set(seen))[:3]))
     findings.checked.add((label_of(operation), status))
+
+
+def answer_without(
+    document: Document,
+    operation: Any,
+    status: int,
+    live: Live,
+    keys: Keys,
+    send: Callable[[Request], httpx.Response],
+    findings: Findings,
+) -> None:
+    """The trigger of a refusal the operation does not list: whatever it answers, it is documented."""
+    names = {parameter.name for parameter in operation.path_parameters}
+    fixed = live.path_parameters(names)
+    strategy = operation.as_strategy(GenerationMode.POSITIVE, path_parameters=fixed or None)
+    case = find(strategy, lambda _case: True, settings=FIRST_EXAMPLE)
+    response = send(TRIGGERS[status](plain_request(case, document.root, keys.writer), keys))
+    if str(response.status_code) not in document.responses(operation):
+        findings.fail(
+            label_of(operation),
+            status,
+            f"not listed, and its trigger answered {response.status_code}, not listed either",
+        )
 
 
 @pytest.fixture
@@ -277,7 +302,7 @@ def load(root: str) -> Document:
 
 
 @SQLITE
-def test_every_documented_refusal_is_given_as_documented(
+def test_every_documented_refusal_is_given_as_documented_and_no_other(
     app_server: RunningServer, api_key: str, database_url: str
 ) -> None:
     root = app_server.url.removesuffix("/v1")
@@ -291,10 +316,13 @@ def test_every_documented_refusal_is_given_as_documented(
 
         for serial, operation in enumerate(document.operations()):
             live = make_live(api, serial)
-            for status in documented_refusals(document, operation, set(TRIGGERS)):
+            documented = documented_refusals(document, operation, set(TRIGGERS))
+            for status in documented:
                 if status == 422 and "requestBody" not in operation.definition.raw:
                     continue  # FastAPI's own parameter validation (see test_fuzz.py)
                 answer_with(document, operation, status, live, keys, send, findings)
+            for status in set(TRIGGERS) - set(documented):
+                answer_without(document, operation, status, live, keys, send, findings)
     assert not findings.failures, "\n".join(findings.failures)
     # The refusals of every kind were met: a route of each kind exists.
     assert {status for _, status in findings.checked} == set(TRIGGERS)
