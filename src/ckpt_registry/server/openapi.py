@@ -161,7 +161,9 @@ def add_error_responses(document: dict[str, Any], routes: Iterable[BaseRoute]) -
         if not isinstance(route, APIRoute) or not route.include_in_schema:
             continue
         for method in sorted(route.methods or ()):
-            operation = document["paths"][route.path_format][method.lower()]
+            operation = document["paths"].get(route.path_format, {}).get(method.lower())
+            if operation is None:  # left out where it was included (`include_in_schema=False`)
+                continue
             responses: dict[str, Any] = operation["responses"]
             for status, refusals in refusals_for(route, method).items():
                 if str(status) in responses:
