@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,17 @@ def test_the_series_operation_documents_its_parameters_and_answer(document: dict
     # The dashboard's pages are no API operations.
     assert "/" not in document["paths"]
     assert not any(path.startswith("/dashboard") for path in document["paths"])
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_every_path_parameter_is_declared(document: dict[str, Any]) -> None:
+    """A generated client fills `{path}` of the files operations only if the document names it."""
+    for path, item in document["paths"].items():
+        named = set(re.findall(r"\{([^}]+)\}", path))
+        for method, operation in item.items():
+            declared = {
+                parameter["name"]
+                for parameter in operation.get("parameters", [])
+                if parameter["in"] == "path"
+            }
+            assert declared == named, (method, path)
