@@ -12,7 +12,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
-from ..contract import CHECKPOINTS_PATH
 from . import auth, bodies, errors, headlimits, limits, rate_limit, slow_clients, transfers
 from .refusals import Refusal
 from .schemas import ErrorDetail
@@ -28,23 +27,6 @@ REFUSALS: Final[tuple[Refusal, ...]] = (
     *auth.REFUSALS,
     *errors.REFUSALS,
     *transfers.REFUSALS,
-)
-
-# The seed operation is documented exactly as the W&B Training API documents it (shared/CONTRACT.md
-# section 2): its other answers are named in the document's description instead (docs/api.md).
-SEED_OPERATION: Final = ("get", CHECKPOINTS_PATH)
-SEED_STATUSES: Final = frozenset({"200", "422"})
-# The order the seed's FastAPI wrote an operation's fields in (this one writes `security` second):
-# every operation keeps it, so the seed operation serialises to the seed's very text.
-OPERATION_FIELDS: Final = (
-    "tags",
-    "summary",
-    "description",
-    "operationId",
-    "parameters",
-    "requestBody",
-    "responses",
-    "security",
 )
 
 HEADERS: Final[dict[str, dict[str, Any]]] = {
@@ -156,7 +138,6 @@ def add_error_responses(document: dict[str, Any], routes: Iterable[BaseRoute]) -
         response_name(status): _response(refusals) for status, refusals in sorted(by_status.items())
     }
     components.setdefault("schemas", {}).setdefault("ErrorDetail", ErrorDetail.model_json_schema())
-    seed_others: list[str] = []
     for route in routes:
         if not isinstance(route, APIRoute) or not route.include_in_schema:
             continue
@@ -171,24 +152,13 @@ def add_error_responses(document: dict[str, Any], routes: Iterable[BaseRoute]) -
                 else:
                     ref = f"#/components/responses/{response_name(status)}"
                     responses[str(status)] = {"$ref": ref}
-            ordered = dict(sorted(responses.items()))
-            if (method.lower(), route.path_format) == SEED_OPERATION:
-                seed_others = [status for status in ordered if status not in SEED_STATUSES]
-                ordered = {status: ordered[status] for status in ordered if status in SEED_STATUSES}
-            operation["responses"] = ordered
-            fields = [field for field in OPERATION_FIELDS if field in operation]
-            fields += [field for field in operation if field not in OPERATION_FIELDS]
-            document["paths"][route.path_format][method.lower()] = {
-                field: operation[field] for field in fields
-            }
+            operation["responses"] = dict(sorted(responses.items()))
     document["info"]["description"] = "\n\n".join(
         [
             document["info"].get("description", ""),
             "Each operation lists the error answers it can give; those common to many operations "
             'are described once, in `components/responses`. Error bodies are `{"detail": ...}`, '
             'validation errors (422) `{"detail": [{"loc", "msg", "type"}]}`.',
-            f"`GET {CHECKPOINTS_PATH}` is documented exactly as the W&B Training API documents it "
-            f"(200 and 422); it can also answer {', '.join(seed_others)}.",
         ]
     )
 
