@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Annotated, Final
 
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
 from ..keys import hash_key
 from ..storage.base import Caller, Storage
+from .refusals import Refusal, depends_on
 from .requestlog import note_entity
 
 # Declared for the OpenAPI document (`security: [{"HTTPBearer": []}]`); we read the header ourselves so
@@ -94,6 +96,28 @@ async def authenticate_reader(
     _credentials: Annotated[object, Depends(bearer_scheme)],
 ) -> Caller:
     return await caller_for_authorization(request.headers.get("authorization"), storage)
+
+
+def authenticates(route: APIRoute, _method: str = "") -> bool:
+    """True when the route reads the key (`Entity` or `Reader`)."""
+    return depends_on(route, authenticate) or depends_on(route, authenticate_reader)
+
+
+def may_write(route: APIRoute, method: str) -> bool:
+    """True when a request to the route may be refused to a read-only key: a write, by method."""
+    return method not in READ_METHODS and authenticates(route)
+
+
+REFUSALS: Final = (
+    Refusal(
+        401,
+        "the `Authorization` header is missing, not `Bearer <key>`, or names an unknown or "
+        "revoked key",
+        authenticates,
+        headers=("WWW-Authenticate",),
+    ),
+    Refusal(403, "a write with a read-only key", may_write),
+)
 
 
 # The caller's entity, for a request its method allows (every route but the few below).

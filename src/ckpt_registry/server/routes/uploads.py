@@ -158,6 +158,19 @@ async def upload_offset(
     responses={
         **MODEL_ERRORS,
         409: {"model": ErrorDetail, "description": "Upload-Offset is not the server's offset"},
+        413: {"model": ErrorDetail, "description": "The file would be over the size limit"},
+    },
+    # Read by the handler itself (a missing or malformed one is 422 at `["header", "upload-offset"]`).
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "Upload-Offset",
+                "in": "header",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 0},
+                "description": "The byte offset to append at: the server's, as HEAD reports it",
+            }
+        ]
     },
 )
 @request_body(STREAMED)
