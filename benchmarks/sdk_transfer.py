@@ -12,9 +12,9 @@ the SDK uploads the same folder again, which must send no file bytes (its result
 time, then `client.checkpoints.download` into another (each file hashed and renamed into place). The
 table gives MB/s (10^6 bytes/s, wall to wall, median of the rounds) and SDK/curl (target >= 0.8).
 `--resumable-above 0` makes the SDK send every file as a resumable upload (POST, PATCH, complete)
-instead of one PUT; the server's CPU seconds per GB the SDK uploaded (less noisy than MB/s on a
-shared machine) and its count of staged bytes it hashed again are printed too. Always exits 0 once it
-has run.
+instead of one PUT; the server's CPU seconds per GB the SDK uploaded and its count of staged bytes it
+hashed again are printed too. The process's peak RSS is printed last: the SDK moves each file
+through a 1 MiB buffer, so it does not grow with ``--file-mib``. Always exits 0 once it has run.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -253,6 +254,9 @@ def main() -> None:
         f"({min(up_cpu):.2f}-{max(up_cpu):.2f})"
     )
     print(f"  staged bytes the server hashed again: {rehashed:,.0f}")
+    # Memory stays flat for any file size: the benchmark process (SDK and all) at its peak.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"  this process's peak RSS: {peak / MB:,.0f} MB ({options.file_mib} MiB files)")
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import os
 import stat
 import subprocess
+import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +18,7 @@ import pytest
 
 from ckpt_registry.blobs import BlobStoreUnavailable, UploadInUse, open_blob_store
 from ckpt_registry.blobs.hashstates import HashStates
-from ckpt_registry.blobs.local import LocalBlobStore
+from ckpt_registry.blobs.local import NEW_FILE_SECONDS, LocalBlobStore
 
 from .conftest import MIB, rss_bytes
 
@@ -48,7 +51,7 @@ async def test_layout_and_read_only_blobs(local: LocalBlobStore) -> None:
 
 
 async def test_one_writer_per_upload(local: LocalBlobStore) -> None:
-    upload = await local.begin_upload()
+    upload = await local.begin_upload(resumable=True)
     await upload.write(b"x" * (2 * MIB))
 
     with pytest.raises(UploadInUse):
@@ -91,6 +94,57 @@ def fill(path: Path) -> None:
                 assert exc.errno == errno.ENOSPC
 
 
+async def test_a_plain_put_s_staged_file_goes_once_no_request_holds_it(
+    local: LocalBlobStore,
+) -> None:
+    upload = await local.begin_upload()
+    assert upload.id.startswith("put-")
+    await upload.write(b"x" * (2 * MIB))
+    staged = local.uploads_dir / upload.id
+    old = time.time() - 3600
+    os.utime(staged, (old, old))
+    # Its request holds the lock: however long it was not written to, it stays.
+    assert await local.remove_dropped_uploads(timedelta(seconds=-1)) == 0
+    await upload.write(b"y")
+    assert (await upload.finish()).size == 2 * MIB + 1
+
+    dropped = await local.begin_upload()
+    await dropped.write(b"x" * (2 * MIB))
+    dropped_path = local.uploads_dir / dropped.id
+    deadline = time.monotonic() + 10
+    while dropped_path.stat().st_size == 0:  # the batch is written on a blob thread
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # An empty file just begun is left alone (its creator takes the lock right after creating it).
+    fresh = await local.begin_upload()
+    fresh_path = local.uploads_dir / fresh.id
+    del dropped, fresh  # their requests died: the locks went with them
+    gc.collect()
+    assert await local.remove_dropped_uploads(timedelta(hours=1)) == 1  # no wait: the lock told
+    assert not dropped_path.exists()
+    assert fresh_path.exists()
+    old = time.time() - NEW_FILE_SECONDS - 1
+    os.utime(fresh_path, (old, old))
+    assert await local.remove_dropped_uploads(timedelta(hours=1)) == 1
+    assert list(local.uploads_dir.iterdir()) == []
+
+
+async def test_an_older_version_s_staged_file_waits_for_the_upload_ttl(
+    local: LocalBlobStore,
+) -> None:
+    # Before single-request uploads had names of their own, every staged file was `uploads/<hex>`:
+    # it may be a resumable upload's, so only the TTL takes it.
+    staged = local.uploads_dir / uuid.uuid4().hex
+    staged.write_bytes(b"x" * MIB)
+    old = time.time() - 3600
+    os.utime(staged, (old, old))
+    assert await local.remove_dropped_uploads(timedelta(seconds=-1)) == 0
+    assert await local.expire_uploads(timedelta(hours=2)) == 0
+    assert staged.exists()
+    assert await local.expire_uploads(timedelta(minutes=30)) == 1
+    assert not staged.exists()
+
+
 async def test_full_disk(small_disk: Path) -> None:
     blobs = open_blob_store(str(small_disk / "blobs"))
     await blobs.open()
@@ -98,7 +152,7 @@ async def test_full_disk(small_disk: Path) -> None:
         filler = small_disk / "filler"
         filler.write_bytes(b"\0" * (2 * MIB))
         data = os.urandom(3 * MIB)
-        upload = await blobs.begin_upload()
+        upload = await blobs.begin_upload(resumable=True)
 
         with pytest.raises(BlobStoreUnavailable, match="full"):
             for start in range(0, len(data), 64 * 1024):
@@ -197,10 +251,13 @@ async def test_kept_hashes_are_bounded_and_a_dropped_writer_keeps_none(
     local.hash_states = HashStates(limit=2)
     uploads = []
     for n in range(3):
-        upload = await local.begin_upload()
+        upload = await local.begin_upload(resumable=True)
         await upload.write(bytes([n]) * MIB)
         await upload.close()
         uploads.append(upload.id)
+    single = await local.begin_upload()  # a plain PUT's: never resumed, so nothing is kept for it
+    await single.write(b"x")
+    await single.close()
     assert len(local.hash_states) == 2
 
     # The least recently left upload lost its hash: it is hashed again, the others are not.
@@ -211,7 +268,7 @@ async def test_kept_hashes_are_bounded_and_a_dropped_writer_keeps_none(
         assert local.rehashed_bytes == (MIB if n == 0 else 0)
 
     # A writer dropped mid-upload (a killed request) keeps nothing: its bytes are hashed again.
-    upload = await local.begin_upload()
+    upload = await local.begin_upload(resumable=True)
     await upload.write(b"a" * MIB)
     await upload.close()
     resumed = await local.resume_upload(upload.id)

@@ -105,7 +105,7 @@ async def test_same_content_twice_is_one_blob(store: BlobStore) -> None:
 @pytest.mark.parametrize("data", [SMALL, MULTIPART], ids=["small", "multipart"])
 async def test_digest_mismatch_leaves_nothing(store: BlobStore, data: bytes) -> None:
     declared = sha(b"something else")
-    upload = await store.begin_upload()
+    upload = await store.begin_upload(resumable=True)
     await write_all(upload, data)
 
     with pytest.raises(DigestMismatch) as raised:
@@ -135,7 +135,7 @@ async def test_nothing_is_visible_before_finish(store: BlobStore) -> None:
 
 async def test_resume_continues_from_the_staged_offset(store: BlobStore) -> None:
     data = MULTIPART
-    upload = await store.begin_upload()
+    upload = await store.begin_upload(resumable=True)
     await write_all(upload, data[: 7 * MIB + 3])
     upload_id = upload.id
     await upload.close()  # the connection dropped
@@ -157,7 +157,7 @@ async def test_every_byte_of_each_closed_request_is_kept(store: BlobStore) -> No
     """A resumable upload over HTTP writes each request's bytes and closes: a piece shorter than an
     S3 part must reach the next request, and `finish` (once, it was lost at each close)."""
     data = MULTIPART
-    upload = await store.begin_upload()
+    upload = await store.begin_upload(resumable=True)
     upload_id = upload.id
     await upload.close()
     offset = 0
@@ -177,7 +177,7 @@ async def test_every_byte_of_each_closed_request_is_kept(store: BlobStore) -> No
 
 async def test_bytes_a_part_took_from_a_staged_tail_count_once(store: BlobStore) -> None:
     data = MULTIPART
-    upload = await store.begin_upload()
+    upload = await store.begin_upload(resumable=True)
     await write_all(upload, data[: 3 * MIB])
     await upload.close()
     resumed = await store.resume_upload(upload.id)
@@ -196,7 +196,7 @@ async def test_bytes_a_part_took_from_a_staged_tail_count_once(store: BlobStore)
 
 async def test_resume_after_an_upload_is_dropped_without_close(store: BlobStore) -> None:
     data = MULTIPART
-    upload = await store.begin_upload()
+    upload = await store.begin_upload(resumable=True)
     await write_all(upload, data[: 6 * MIB])
     upload_id = upload.id
     del upload
@@ -208,8 +208,30 @@ async def test_resume_after_an_upload_is_dropped_without_close(store: BlobStore)
     assert await resumed.finish() == BlobInfo(sha(data), len(data))
 
 
+async def test_a_dropped_request_s_upload_is_removed_a_resumable_one_kept(store: BlobStore) -> None:
+    resumable = await store.begin_upload(resumable=True)
+    await write_all(resumable, MULTIPART[: 6 * MIB])
+    await resumable.close()
+    single = await store.begin_upload()  # a plain PUT's
+    await write_all(single, MULTIPART[: 6 * MIB])
+    single_id = single.id
+    assert await staged_ids(store) == sorted([resumable.id, single_id])
+    del single  # its request died: nothing finished, aborted or closed it
+    gc.collect()
+
+    assert await store.remove_dropped_uploads(timedelta(seconds=-1)) == 1
+    assert await staged_ids(store) == [resumable.id]
+    with pytest.raises(UploadNotFound):
+        await store.resume_upload(single_id)  # never resumable
+    resumed = await store.resume_upload(resumable.id)
+    assert 5 * MIB <= resumed.offset <= 6 * MIB
+    await write_all(resumed, MULTIPART[resumed.offset :])
+    assert await resumed.finish() == BlobInfo(sha(MULTIPART), len(MULTIPART))
+    assert await staged_ids(store) == []
+
+
 async def test_resumed_upload_with_wrong_digest_leaves_nothing(store: BlobStore) -> None:
-    upload = await store.begin_upload()
+    upload = await store.begin_upload(resumable=True)
     await write_all(upload, MULTIPART[: 6 * MIB])
     await upload.close()
     resumed = await store.resume_upload(upload.id)
@@ -227,13 +249,13 @@ async def test_resume_of_unknown_finished_or_aborted_uploads(store: BlobStore) -
         with pytest.raises(UploadNotFound):
             await store.resume_upload(upload_id)
 
-    finished = await store.begin_upload()
+    finished = await store.begin_upload(resumable=True)
     await finished.write(SMALL)
     await finished.finish()
     with pytest.raises(UploadNotFound):
         await store.resume_upload(finished.id)
 
-    aborted = await store.begin_upload()
+    aborted = await store.begin_upload(resumable=True)
     await write_all(aborted, MULTIPART[: 6 * MIB])
     await aborted.abort()
     with pytest.raises(UploadNotFound):
@@ -286,7 +308,7 @@ async def test_list_blobs(store: BlobStore) -> None:
 
 
 async def test_expire_uploads_removes_only_old_ones(store: BlobStore) -> None:
-    upload = await store.begin_upload()
+    upload = await store.begin_upload(resumable=True)
     await write_all(upload, MULTIPART[: 6 * MIB])
     await upload.close()
     assert await staged_ids(store) == [upload.id]

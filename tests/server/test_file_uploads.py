@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import time
 import uuid
@@ -403,3 +404,81 @@ def make_model(api: httpx.Client) -> str:
 
 def make_checkpoint(api: httpx.Client, model_id: str) -> str:
     return str(register(api, model_id, 1)["id"])
+
+
+def gc_passes(server: RunningServer) -> float:
+    """Collector passes the server has made (its `ckpt_gc_runs_total`)."""
+    metrics = httpx.get(server.url.removesuffix("/v1") + "/metrics", timeout=10)
+    found = re.search(r'^ckpt_gc_runs_total\{outcome="ok"\} (\S+)$', metrics.text, re.MULTILINE)
+    return float(found[1]) if found else 0.0
+
+
+def wait_for_gc_passes(server: RunningServer, count: int) -> None:
+    target = gc_passes(server) + count
+    deadline = time.monotonic() + 30
+    while gc_passes(server) < target:
+        assert time.monotonic() < deadline, "the collector made no pass"
+        time.sleep(0.05)
+
+
+def begin_put(server: RunningServer, key: str, path: str, length: int) -> socket.socket:
+    """A connection on which a PUT of `length` bytes to `path` has sent its headers."""
+    parts = urlsplit(server.url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    sock.sendall(
+        f"PUT {parts.path}{path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Length: {length}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def staged_puts(blob_url: str) -> list[str]:
+    return [name for name in staged(blob_url) if "/uploads/put-" in name]
+
+
+def test_the_collector_takes_what_a_dropped_put_staged_and_leaves_the_rest(
+    database_url: str, blob_url: str, api_key: str
+) -> None:
+    """With a collector pass every 0.1 s: a PUT whose body is still arriving keeps its staged bytes
+    and completes; one whose client dropped leaves nothing staged; a resumable upload dropped the
+    same way keeps its bytes and completes after the passes."""
+    settings = Settings(
+        database_url=database_url,
+        blob_url=blob_url,
+        gc_interval_seconds=0.1,
+        upload_ttl_seconds=MOTO_UPLOAD_TTL_SECONDS,
+    )
+    with serving(settings) as server, server.client(api_key) as api:
+        model_id = api.post(
+            "/preview/models", json={"project": "p", "name": "gc", "base_model": "b"}
+        ).json()["id"]
+        checkpoint_id = str(register(api, model_id, 1)["id"])
+
+        live = files_url(model_id, checkpoint_id, "live.bin")
+        with begin_put(server, api_key, live, len(DATA)) as sock:
+            sock.sendall(DATA[:DROP_AT])
+            wait_until_read(sock)
+            assert len(staged_puts(blob_url)) == 1
+            wait_for_gc_passes(server, 3)
+            assert len(staged_puts(blob_url)) == 1  # its request is still writing it
+            sock.sendall(DATA[DROP_AT:])
+            assert sock.recv(1024).startswith(b"HTTP/1.1 201 ")
+        assert api.get(live).content == DATA
+
+        cut = files_url(model_id, checkpoint_id, "cut.bin")
+        with begin_put(server, api_key, cut, len(DATA)) as sock:
+            sock.sendall(DATA[:DROP_AT])
+            wait_until_read(sock)
+            assert len(staged_puts(blob_url)) == 1
+        wait_for_gc_passes(server, 2)
+        assert staged(blob_url) == []
+        assert api.get(cut).status_code == 404
+
+        upload_id = start_upload(api, model_id, checkpoint_id, "resumed.bin")
+        patch_then_drop(server, api_key, upload_id, DATA, DROP_AT)
+        wait_for_gc_passes(server, 3)
+        assert offset_of(api, upload_id) == DROP_AT
+        assert patch(api, upload_id, DROP_AT, DATA[DROP_AT:]).status_code == 204
+        assert complete(api, upload_id, {"sha256": sha(DATA)}).status_code == 201
+        assert api.get(files_url(model_id, checkpoint_id, "resumed.bin")).content == DATA
+        assert staged(blob_url) == []

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from urllib.parse import quote
 
@@ -18,6 +19,11 @@ READ_CHUNK_BYTES = 4 * CHUNK_BYTES
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+# A single-request upload (see BlobStore.begin_upload) is named `put-<unix ms it began>-<32 hex>`:
+# unlike a resumable one its staged bytes are removed as soon as no request writes them, and its
+# name carries its start because S3 says nothing reliable about it (moto dates every multipart
+# upload 2010). The old names (32 hex) are all taken for resumable: kept for the upload TTL.
+_SINGLE_REQUEST_ID = re.compile(r"put-([0-9]{1,16})-[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +45,12 @@ class StoredBlob:
 
 @dataclass(frozen=True, slots=True)
 class StagedUpload:
-    """An upload that was begun and neither finished nor aborted; `touched` is its last write (UTC)."""
+    """An upload that was begun and neither finished nor aborted; `touched` is its last write (UTC).
+    `resumable` is False for a single request's upload (its id is `put-...`)."""
 
     upload_id: str
     touched: datetime
+    resumable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +70,9 @@ OnDigest = Callable[[BlobInfo], Awaitable[None]]
 class Upload(Protocol):
     """Bytes being staged for one blob. One writer at a time; `offset` counts every byte written.
 
-    Dropping an Upload without `finish` or `abort` keeps what is staged for `resume_upload`; `close`
-    says so explicitly and makes the staged bytes durable."""
+    Dropping a resumable Upload without `finish` or `abort` keeps what is staged for `resume_upload`;
+    `close` says so explicitly and makes the staged bytes durable. A single request's dropped Upload
+    is left for `BlobStore.remove_dropped_uploads`."""
 
     @property
     def id(self) -> str: ...
@@ -129,7 +138,12 @@ class BlobStore(Protocol):
 
     def list_blobs(self) -> AsyncIterator[StoredBlob]: ...
 
-    async def begin_upload(self) -> Upload: ...
+    async def begin_upload(self, *, resumable: bool = False) -> Upload:
+        """A new upload. Unless `resumable`, it belongs to the one request that writes it: once that
+        request is gone (a dropped client, a killed server) `remove_dropped_uploads` takes its staged
+        bytes, and `resume_upload` does not know its id. A resumable one is kept for `resume_upload`
+        until `expire_uploads` removes it."""
+        ...
 
     async def resume_upload(self, upload_id: str) -> Upload:
         """The staged upload, ready to take bytes from its `offset`; UploadNotFound if there is none.
@@ -140,7 +154,14 @@ class BlobStore(Protocol):
     def list_uploads(self) -> AsyncIterator[StagedUpload]: ...
 
     async def expire_uploads(self, older_than: timedelta) -> int:
-        """Remove staged uploads not written to for `older_than`; return how many were removed."""
+        """Remove staged uploads (of either kind) not written to for `older_than`; return how many
+        were removed."""
+        ...
+
+    async def remove_dropped_uploads(self, idle: timedelta) -> int:
+        """Remove the staged bytes of single-request uploads that no request writes any more; return
+        how many. The local store knows (the writer's lock); S3 has no lock, so there it is those
+        not written to for `idle`."""
         ...
 
     async def presign_get(
@@ -171,11 +192,31 @@ def check_sha256(sha256: str) -> str:
 
 
 def new_upload_id() -> str:
+    """A resumable upload's id (also a presigned PUT's)."""
     return uuid.uuid4().hex
 
 
+def new_single_request_id() -> str:
+    """A single-request upload's id: `put-<unix ms now>-<32 hex>`."""
+    return f"put-{time.time_ns() // 1_000_000}-{uuid.uuid4().hex}"
+
+
 def is_upload_id(upload_id: str) -> bool:
+    """A resumable upload's id (and what older versions named every upload)."""
     return _UPLOAD_ID.fullmatch(upload_id) is not None
+
+
+def staged_upload(name: str, touched: datetime) -> StagedUpload | None:
+    """The upload whose staged bytes are named `name` and were last written at `touched`; None when
+    the name is no upload's. A single request's upload was touched no earlier than it began (its
+    name says when), whatever the store reports."""
+    if is_upload_id(name):
+        return StagedUpload(name, touched)
+    match = _SINGLE_REQUEST_ID.fullmatch(name)
+    if match is None:
+        return None
+    began = datetime.fromtimestamp(int(match[1]) / 1000, UTC)
+    return StagedUpload(name, max(touched, began), resumable=False)
 
 
 def check_range(start: int, end: int | None, size: int) -> int:

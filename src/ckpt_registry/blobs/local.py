@@ -2,6 +2,7 @@
 
     <root>/sha256/ab/abcdef...   one read-only file per blob (ab = its first two hex digits)
     <root>/uploads/<id>          staged bytes of an upload, locked (flock) while a request writes it
+                                 (<id>: 32 hex for a resumable upload, put-<ms>-<hex> for one request's)
 
 A blob appears by rename(2) of a staged file that was fsynced, so a reader sees all of it or nothing.
 Staged files are only ever appended to, under their lock.
@@ -35,7 +36,9 @@ from .base import (
     check_range,
     check_sha256,
     is_upload_id,
+    new_single_request_id,
     new_upload_id,
+    staged_upload,
 )
 from .errors import BlobNotFound, BlobStoreUnavailable, DigestMismatch, UploadInUse, UploadNotFound
 from .hashstates import HashStates
@@ -50,6 +53,9 @@ IO_THREADS = 8
 MAX_BATCH_CHUNKS = 512
 # How long a resume waits for the lock of a writer that is going away (see _open_staged).
 LOCK_GRACE_SECONDS = 0.25
+# An empty single-request file younger than this is left alone: its creator locks it just after
+# creating it, and the collector must not slip in between. Once a byte is in it, it was locked.
+NEW_FILE_SECONDS = 5.0
 
 
 class LocalBlobStore:
@@ -188,8 +194,8 @@ class LocalBlobStore:
             for blob in await self.run(partial(_blobs_in, folder), "listing blobs"):
                 yield blob
 
-    async def begin_upload(self) -> LocalUpload:
-        upload_id = new_upload_id()
+    async def begin_upload(self, *, resumable: bool = False) -> LocalUpload:
+        upload_id = new_upload_id() if resumable else new_single_request_id()
         path = self.uploads_dir / upload_id
 
         def create() -> int:
@@ -243,12 +249,13 @@ class LocalBlobStore:
         staged = []
         with os.scandir(self.uploads_dir) as entries:
             for entry in entries:
-                if is_upload_id(entry.name):
-                    try:
-                        touched = _utc(entry.stat().st_mtime)
-                    except FileNotFoundError:  # finished or aborted meanwhile
-                        continue
-                    staged.append(StagedUpload(entry.name, touched))
+                try:
+                    touched = _utc(entry.stat().st_mtime)
+                except FileNotFoundError:  # finished or aborted meanwhile
+                    continue
+                upload = staged_upload(entry.name, touched)
+                if upload is not None:
+                    staged.append(upload)
         return staged
 
     async def expire_uploads(self, older_than: timedelta) -> int:
@@ -272,6 +279,32 @@ class LocalBlobStore:
             return removed
 
         return await self.run(expire, "removing expired uploads")
+
+    async def remove_dropped_uploads(self, idle: timedelta) -> int:  # noqa: ARG002
+        # `idle` is for stores without a lock: here an unlocked file has no writer.
+        def remove() -> int:
+            new = time.time() - NEW_FILE_SECONDS
+            removed = 0
+            for upload in self._staged():
+                if upload.resumable:
+                    continue
+                path = self.uploads_dir / upload.upload_id
+                try:
+                    status = path.stat()
+                    if status.st_size == 0 and status.st_mtime > new:
+                        continue  # not even tried: its creator is about to take the lock
+                    # No wait for the lock: a writer that is going away is seen on the next pass.
+                    fd = _open_staged(path, upload.upload_id, grace=0)
+                except (FileNotFoundError, UploadNotFound, UploadInUse):
+                    continue  # gone, or its request is still writing
+                try:
+                    path.unlink(missing_ok=True)  # missing: its request aborted it meanwhile
+                    removed += 1
+                finally:
+                    os.close(fd)
+            return removed
+
+        return await self.run(remove, "removing the staged bytes of dropped uploads")
 
     # Bytes from a folder can only go through the server: no direct transfers.
     async def presign_get(
@@ -459,8 +492,9 @@ class LocalUpload:
         def save() -> None:
             os.fsync(fd)
             status = os.fstat(fd)
-            # Kept while the file is still locked, described as this writer leaves it.
-            if hasher is not None and status.st_size == staged:
+            # Kept while the file is still locked, described as this writer leaves it; only for an
+            # upload that can be resumed (a single request's cannot).
+            if hasher is not None and status.st_size == staged and is_upload_id(upload_id):
                 store.hash_states.keep(upload_id, _described(status), hasher)
 
         try:
@@ -495,7 +529,7 @@ def _unwritten(chunks: list[bytes], skip: int) -> list[memoryview | bytes]:
     return rest
 
 
-def _open_staged(path: Path, upload_id: str) -> int:
+def _open_staged(path: Path, upload_id: str, grace: float = LOCK_GRACE_SECONDS) -> int:
     """The staged file, opened and locked; UploadNotFound or UploadInUse if it cannot be had."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
@@ -503,7 +537,7 @@ def _open_staged(path: Path, upload_id: str) -> int:
         raise UploadNotFound(upload_id) from None
     # A writer that just went away (a dropped connection) may still have one batch on a thread,
     # which holds the lock for a few milliseconds more: wait that long, not for a live writer.
-    deadline = time.monotonic() + LOCK_GRACE_SECONDS
+    deadline = time.monotonic() + grace
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -2,6 +2,7 @@
 
     <prefix>sha256/<hex>         one object per blob
     <prefix>uploads/<id>         a multipart upload being staged, or a presigned PUT waiting to be checked
+                                 (<id>: 32 hex, resumable; put-<ms>-<hex>, a single request's)
     <prefix>uploads/<id>.tail    the bytes a closed upload holds past its last whole part
 
 A blob appears by one completed write to its key (a PUT, or a server-side copy of a staged object) made
@@ -17,7 +18,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,7 +39,9 @@ from .base import (
     check_sha256,
     content_disposition,
     is_upload_id,
+    new_single_request_id,
     new_upload_id,
+    staged_upload,
 )
 from .errors import BlobNotFound, BlobStoreUnavailable, DigestMismatch, UploadNotFound
 from .hashstates import HashStates
@@ -241,8 +244,8 @@ class S3BlobStore:
                     if len(name) == 64:
                         yield StoredBlob(name, item["Size"], item["LastModified"])
 
-    async def begin_upload(self) -> S3Upload:
-        upload_id = new_upload_id()
+    async def begin_upload(self, *, resumable: bool = False) -> S3Upload:
+        upload_id = new_upload_id() if resumable else new_single_request_id()
         with s3_errors(self, "starting an upload"):
             answer = await self.s3.create_multipart_upload(
                 Bucket=self.bucket, Key=self.upload_key(upload_id)
@@ -315,7 +318,12 @@ class S3BlobStore:
                     found = (item["Initiated"], item["UploadId"])
         return None if found is None else found[1]
 
-    async def list_uploads(self) -> AsyncIterator[StagedUpload]:
+    def list_uploads(self) -> AsyncIterator[StagedUpload]:
+        return self._list_staged(resumable=None)
+
+    async def _list_staged(self, *, resumable: bool | None) -> AsyncIterator[StagedUpload]:
+        """The staged uploads of one kind, or of both when `resumable` is None (the parts of the
+        other kind's multipart uploads are not listed: a request each)."""
         folder = f"{self.prefix}uploads/"
         with s3_errors(self, "listing staged uploads"):
             uploads = self.s3.get_paginator("list_multipart_uploads").paginate(
@@ -323,12 +331,13 @@ class S3BlobStore:
             )
             async for page in uploads:
                 for item in page.get("Uploads", []):
-                    name = item["Key"][len(folder) :]
-                    if is_upload_id(name):
-                        touched = await self._last_part_time(item["Key"], item["UploadId"])
-                        yield StagedUpload(
-                            name, max(item["Initiated"], touched or item["Initiated"])
-                        )
+                    upload = staged_upload(item["Key"][len(folder) :], item["Initiated"])
+                    if upload is None or resumable not in (None, upload.resumable):
+                        continue
+                    touched = await self._last_part_time(item["Key"], item["UploadId"])
+                    if touched is not None and touched > upload.touched:
+                        upload = replace(upload, touched=touched)
+                    yield upload
             # Presigned PUTs not yet checked, and staged objects a crash left before their copy.
             objects = self.s3.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=folder
@@ -336,8 +345,9 @@ class S3BlobStore:
             async for listing in objects:
                 for entry in listing.get("Contents", []):
                     name = entry["Key"][len(folder) :].removesuffix(_TAIL)
-                    if is_upload_id(name):
-                        yield StagedUpload(name, entry["LastModified"])
+                    upload = staged_upload(name, entry["LastModified"])
+                    if upload is not None and resumable in (None, upload.resumable):
+                        yield upload
 
     async def _last_part_time(self, key: str, multipart_id: str) -> datetime | None:
         latest = None
@@ -355,15 +365,29 @@ class S3BlobStore:
         return latest
 
     async def expire_uploads(self, older_than: timedelta) -> int:
+        return await self._remove_untouched(older_than, "removing expired uploads")
+
+    async def remove_dropped_uploads(self, idle: timedelta) -> int:
+        # No lock says whether a request still writes a multipart upload: one that was not written
+        # to for `idle` is taken for dropped.
+        return await self._remove_untouched(
+            idle, "removing the staged bytes of dropped uploads", resumable=False
+        )
+
+    async def _remove_untouched(
+        self, older_than: timedelta, doing: str, *, resumable: bool | None = None
+    ) -> int:
+        """Remove the staged uploads (of one kind, or both when `resumable` is None) not written
+        to for `older_than`."""
         cutoff = datetime.now(UTC) - older_than
         # An id can be listed twice (a multipart upload and its completed object): newest counts.
         touched: dict[str, datetime] = {}
-        async for upload in self.list_uploads():
+        async for upload in self._list_staged(resumable=resumable):
             touched[upload.upload_id] = max(
                 upload.touched, touched.get(upload.upload_id, upload.touched)
             )
         stale = [upload_id for upload_id, when in touched.items() if when < cutoff]
-        with s3_errors(self, "removing expired uploads"):
+        with s3_errors(self, doing):
             for upload_id in stale:
                 await self._discard_staged(upload_id)
         return len(stale)
@@ -667,7 +691,7 @@ class S3Upload:
             return
         self._closed = True
         store = self._store
-        if self._hasher is not None and self._parts:
+        if self._hasher is not None and self._parts and is_upload_id(self._id):
             # The hash of the parts (the tail is hashed at `finish`), for the next request here.
             store.hash_states.keep(
                 self._id, _described(self._multipart_id, self._parts), self._hasher

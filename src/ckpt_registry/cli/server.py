@@ -340,11 +340,24 @@ def db_downgrade(database_url: str, revision: str) -> None:
     show_default=True,
     help="Forget resumable uploads started more than this many seconds ago.",
 )
+@click.option(
+    "--put-idle",
+    type=float,
+    default=3600,
+    show_default=True,
+    help="S3 store: remove what a plain PUT staged once nothing was written to it for this many "
+    "seconds (the local store knows at once whether a request still writes it).",
+)
 def db_gc(
-    database_url: str, blob_url: str | None, older_than: float, blob_grace: float, upload_ttl: float
+    database_url: str,
+    blob_url: str | None,
+    older_than: float,
+    blob_grace: float,
+    upload_ttl: float,
+    put_idle: float,
 ) -> None:
     """Finish model deletes cut short, purge old tombstones (their cursors then expire), forget
-    expired uploads, and remove blobs no file references."""
+    expired uploads, remove what dropped uploads staged, and remove blobs no file references."""
     store_url = blob_url or default_blob_url(database_url)
 
     async def run(storage: Storage) -> Collected:
@@ -358,6 +371,7 @@ def db_gc(
                 tombstone_ttl=older_than,
                 blob_grace=blob_grace,
                 upload_ttl=upload_ttl,
+                put_idle=put_idle,
             )
         finally:
             if blobs is not None:
@@ -368,6 +382,8 @@ def db_gc(
         click.echo(f"finished deleting {done.finished_models} deleted models")
     click.echo(f"purged {done.tombstones} tombstones")
     if store_url:
+        if done.dropped_uploads:
+            click.echo(f"removed the staged bytes of {done.dropped_uploads} dropped uploads")
         click.echo(f"removed {done.blobs} unreferenced blobs ({done.freed_bytes} bytes)")
     else:
         click.echo("blobs not collected: name the blob store with --blob-url (CKPT_BLOB_URL)")

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from prometheus_client import start_http_server
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from .. import __version__
@@ -63,6 +64,7 @@ async def collect_garbage(
             tombstone_ttl=settings.tombstone_ttl_seconds,
             blob_grace=settings.blob_grace_seconds,
             upload_ttl=settings.upload_ttl_seconds,
+            put_idle=settings.put_idle_seconds,
         )
     except (StorageError, BlobError) as exc:
         log.warning("garbage collection failed: %s", exc)
@@ -77,12 +79,15 @@ async def collect_garbage(
         metrics.gc_removed.labels("model_deletes").inc(done.finished_models)
         metrics.gc_removed.labels("tombstones").inc(done.tombstones)
         metrics.gc_removed.labels("uploads").inc(done.expired_uploads)
+        metrics.gc_removed.labels("dropped_puts").inc(done.dropped_uploads)
         metrics.gc_removed.labels("blobs").inc(done.blobs)
         metrics.gc_freed_bytes.inc(done.freed_bytes)
     if done.finished_models:
         log.info("finished deleting the rows of %d deleted models", done.finished_models)
     if done.tombstones:
         log.info("purged %d old tombstones", done.tombstones)
+    if done.dropped_uploads:
+        log.info("removed the staged bytes of %d dropped uploads", done.dropped_uploads)
     if done.blobs:
         log.info("removed %d unreferenced blobs (%d bytes)", done.blobs, done.freed_bytes)
 
@@ -177,17 +182,20 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     install_error_handlers(api)
     for router in ROUTERS:
         api.include_router(router)
-    install_openapi(api)
+    install_openapi(api, declared_routes())
     return stacked(asgi_layers(api, settings), api)
+
+
+def declared_routes() -> list[BaseRoute]:
+    """The routes as the routers declare them, full paths included: recent FastAPI versions keep
+    included routers wrapped in `app.routes`."""
+    return [route for router in ROUTERS for route in router.routes]
 
 
 def asgi_layers(api: FastAPI, settings: Settings) -> list[Layer]:
     """The bare ASGI layers in front of the FastAPI app, outermost (first to see a request) first."""
     storage: Callable[[], Storage | None] = lambda: api.state.storage  # noqa: E731
-    # The routes as the routers declare them, full paths included: recent FastAPI versions keep
-    # included routers wrapped in `app.routes`.
-    routes = [route for router in ROUTERS for route in router.routes]
-    limits = BodyLimits(routes, default=BodyLimit(settings.max_body_bytes))
+    limits = BodyLimits(declared_routes(), default=BodyLimit(settings.max_body_bytes))
     register = RegisterCheckpointFastPath
     register_limit = limits.for_route(register.method, register.route.template)
     # Measured in-process (best of 10 batches, 2,000 list / 500 register requests each, SQLite):

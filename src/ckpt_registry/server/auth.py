@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Annotated, Final
 
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
 from ..keys import hash_key
 from ..storage.base import Caller, Storage
+from .refusals import Refusal, depends_on
 from .requestlog import note_entity
 
 # Declared for the OpenAPI document (`security: [{"HTTPBearer": []}]`); we read the header ourselves so
@@ -17,8 +19,9 @@ from .requestlog import note_entity
 bearer_scheme = HTTPBearer(auto_error=False)
 
 # Requests that change nothing. Every other method writes, whatever the route: a route added later is
-# closed to read-only keys until it says otherwise. The one POST that may only read (a batch
-# `download` transfer) takes `Reader` and calls `require_write` for its writing operation.
+# closed to read-only keys until it says otherwise. The POSTs that may only read take the caller
+# instead: a batch `download` transfer (`Reader`, with `require_write` for its writing operation)
+# and the Hub surface's paths-info (routes/hub.py, whose every other write is refused for any key).
 READ_METHODS: Final = frozenset({"GET", "HEAD"})
 READ_ONLY_DETAIL: Final = (
     "This API key is read-only: it may list, read and download, but not change anything"
@@ -93,6 +96,28 @@ async def authenticate_reader(
     _credentials: Annotated[object, Depends(bearer_scheme)],
 ) -> Caller:
     return await caller_for_authorization(request.headers.get("authorization"), storage)
+
+
+def authenticates(route: APIRoute, _method: str = "") -> bool:
+    """True when the route reads the key (`Entity` or `Reader`)."""
+    return depends_on(route, authenticate) or depends_on(route, authenticate_reader)
+
+
+def may_write(route: APIRoute, method: str) -> bool:
+    """True when a request to the route may be refused to a read-only key: a write, by method."""
+    return method not in READ_METHODS and authenticates(route)
+
+
+REFUSALS: Final = (
+    Refusal(
+        401,
+        "the `Authorization` header is missing, not `Bearer <key>`, or names an unknown or "
+        "revoked key",
+        authenticates,
+        headers=("WWW-Authenticate",),
+    ),
+    Refusal(403, "a write with a read-only key", may_write),
+)
 
 
 # The caller's entity, for a request its method allows (every route but the few below).

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .auth import caller_for_authorization
+from .refusals import Refusal
 
 UNSUPPORTED_MEDIA_TYPE = "Send the body as JSON with Content-Type: application/json (UTF-8)"
 NOT_UTF8 = "The body is not valid UTF-8: JSON bodies are UTF-8, without a byte order mark"
@@ -80,6 +81,28 @@ def parse_json_body(body: bytes, content_type: str | None) -> Any:
         raise BodyUnreadable(NUMBER_TOO_LONG) from None
 
 
+def reads_json_body(route: APIRoute, _method: str = "") -> bool:
+    """True when the rule above applies to the route's body (a `JSONBodyRoute` with a JSON body)."""
+    return isinstance(route, JSONBodyRoute) and route.body_field is not None
+
+
+REFUSALS = (
+    Refusal(
+        415,
+        "a JSON body sent without `Content-Type: application/json` (or `application/*+json`), "
+        "or with a charset other than UTF-8",
+        reads_json_body,
+    ),
+    Refusal(
+        422,
+        "a JSON body that cannot be read (not UTF-8, a byte order mark, bad syntax, nested too "
+        'deeply): `loc: ["body"]`, type `json_invalid`',
+        reads_json_body,
+        validation=True,
+    ),
+)
+
+
 class JSONBodyRoute(APIRoute):
     """A route that applies the rule to its JSON body before FastAPI reads it.
 
@@ -89,7 +112,7 @@ class JSONBodyRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        if self.body_field is None:  # no JSON body (a streamed or an empty one)
+        if not reads_json_body(self):  # no JSON body (a streamed or an empty one)
             return handler
 
         async def read_json_first(request: Request) -> Response:

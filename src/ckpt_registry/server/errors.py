@@ -6,15 +6,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from ..blobs import errors as blob_errors
 from ..storage import errors as storage_errors
-from .auth import AuthenticationFailed, ReadOnlyKey
+from .auth import AuthenticationFailed, ReadOnlyKey, get_storage
 from .bodies import BodyUnreadable
 from .hub import HubError
+from .refusals import Refusal, depends_on
 from .responses import JSONBytes
 
 STATUS_BY_ERROR: dict[type[storage_errors.StorageError], int] = {
@@ -28,6 +30,20 @@ STATUS_BY_ERROR: dict[type[storage_errors.StorageError], int] = {
     storage_errors.StepConflict: 409,
     storage_errors.FileConflict: 409,
 }
+
+
+def uses_database(route: APIRoute, _method: str) -> bool:
+    return depends_on(route, get_storage)
+
+
+REFUSALS = (
+    Refusal(
+        503,
+        "the database does not answer, or is locked by another process past the busy timeout",
+        uses_database,
+        headers=("Retry-After",),
+    ),
+)
 
 
 class RequestInvalid(Exception):
@@ -179,6 +195,10 @@ def hub_error_response(exc: HubError) -> Response:
         headers["X-Repo-Commit"] = exc.commit
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if exc.status == 403:  # the client shows this header in its message for a 403
+        headers["X-Error-Message"] = "This registry's Hub API is read-only"
+    if exc.status == 405:
+        headers["Allow"] = "GET, HEAD"
     return JSONBytes({"error": exc.message}, exc.status, headers=headers)
 
 

@@ -15,11 +15,22 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .asgi import send_json
+from .refusals import Refusal
 
 MAX_HEADERS: Final = 100
 MAX_HEADER_BYTES: Final = 12 * 1024  # names and values of all headers together, under h11's 16 KiB
 MAX_URL_BYTES: Final = 8 * 1024  # path and query string (as RFC 9110 recommends supporting)
 MAX_QUERY_PARAMETERS: Final = 64
+
+# Every request meets these limits first, whatever its route.
+REFUSALS: Final = (
+    Refusal(400, f"the query string holds more than {MAX_QUERY_PARAMETERS} parameters"),
+    Refusal(414, f"the path and query string are over {MAX_URL_BYTES // 1024} KiB"),
+    Refusal(
+        431,
+        f"more than {MAX_HEADERS} request headers, or over {MAX_HEADER_BYTES // 1024} KiB of them",
+    ),
+)
 
 
 def head_problem(scope: Scope) -> tuple[int, str] | None:

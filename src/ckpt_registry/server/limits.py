@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .asgi import header, replaying, send_json
+from .refusals import Refusal
 
 # Methods whose body no route reads: never buffered, so GETs (the list endpoint) pay nothing here.
 BODILESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -49,6 +50,17 @@ def request_body(limit: BodyLimit) -> Callable[[Endpoint], Endpoint]:
 def declared_limit(endpoint: Callable[..., object]) -> BodyLimit | None:
     limit = getattr(endpoint, _DECLARED, None)
     return limit if isinstance(limit, BodyLimit) else None
+
+
+def buffers_body(route: APIRoute, method: str) -> bool:
+    """True when `BodySizeLimit` reads the body of a request to this route whole, within a limit."""
+    return method not in BODILESS_METHODS and declared_limit(route.endpoint) is not STREAMED
+
+
+# A streamed route sets its own size limit, and documents its own 413 (`PUT .../files`).
+REFUSALS: Final = (
+    Refusal(413, "the request body is over the limit (`CKPT_MAX_BODY_BYTES`, 1 MiB)", buffers_body),
+)
 
 
 class BodyLimits:
@@ -93,6 +105,7 @@ class BodySizeLimit:
         if scope["type"] != "http" or scope["method"] in BODILESS_METHODS:
             await self.app(scope, receive, send)
             return
+        # `buffers_body` says the same per route, for the OpenAPI document.
         max_bytes = self.limits.for_request(scope).max_bytes
         if max_bytes is None:
             await self.app(scope, receive, send)

@@ -98,7 +98,8 @@ class Metrics:
         )
         self.gc_removed = Counter(
             "ckpt_gc_removed",
-            "What the collector removed: tombstones, finished model deletes, uploads, blobs",
+            "What the collector removed: tombstones, finished model deletes, uploads, the staged "
+            "bytes of dropped PUTs, blobs",
             ["what"],
             registry=registry,
         )

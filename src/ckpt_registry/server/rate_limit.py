@@ -9,17 +9,28 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..keys import hash_key
 from .asgi import header
+from .refusals import Refusal
 
 # Buckets kept at most: a client sending a new made-up key each time must not grow the process
 # without bound. The least recently used bucket goes first; it is full again after `burst / rate`
 # seconds of rest anyway, so dropping it loses nothing unless this many keys are busy at once.
 MAX_BUCKETS = 100_000
+
+# Every request that presents a bearer key is counted, whatever its route (health included).
+REFUSALS: Final = (
+    Refusal(
+        429,
+        "the key presented went over the per-key rate limit (`--rate-limit`, off by default)",
+        headers=("Retry-After",),
+    ),
+)
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")
 _SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}

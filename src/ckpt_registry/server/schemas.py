@@ -223,8 +223,11 @@ class ErrorDetail(BaseModel):
     detail: str
 
 
-# What every model-scoped operation may answer besides its success (documented in /openapi.json).
+# What every model-scoped operation may answer besides its success and the refusals every route of
+# its kind gets (401, 403, 413, ...: `refusals.py`, added to /openapi.json by `openapi.py`).
 MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorDetail},
-    404: {"model": ErrorDetail},
+    404: {
+        "model": ErrorDetail,
+        "description": "The model (or checkpoint, file, upload) is unknown",
+    },
 }

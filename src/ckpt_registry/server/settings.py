@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     upload_ttl_seconds: float = Field(
         default=7 * 24 * 3600, gt=0, description="how long a resumable upload may stay unfinished"
     )
+    put_idle_seconds: float = Field(
+        default=3600,
+        gt=0,
+        description="S3 store: the collector removes what a plain PUT staged once nothing was "
+        "written to it for this long (its request is taken for dropped); the local store knows "
+        "at once (a lock)",
+    )
     presign: bool = Field(
         default=True,
         description="hand out presigned URLs for transfers when the blob store supports them (S3)",

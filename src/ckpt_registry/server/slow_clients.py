@@ -15,6 +15,8 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from .refusals import Refusal
+
 log = logging.getLogger("ckpt_registry")
 
 # How often the watch looks at every connection (Kestrel's heartbeat is one second too): a timer per
@@ -29,6 +31,20 @@ RESERVED_DESCRIPTORS = 256
 HEADER_TIMEOUT_DETAIL = "Request headers did not arrive in time; the connection is closed"
 BODY_RATE_DETAIL = "Request body arrived too slowly; the connection is closed"
 OVER_CAPACITY_DETAIL = "The server has too many connections; retry shortly"
+
+# Answered by `ckpt serve`'s HTTP protocol, before the app (or any route) sees the request.
+REFUSALS = (
+    Refusal(
+        408,
+        "the request's headers took longer than `--header-timeout`, or its body arrived slower "
+        "than `--min-body-rate` (`ckpt serve`); the connection is closed",
+    ),
+    Refusal(
+        503,
+        "the server process holds `--max-connections` connections already (`ckpt serve`)",
+        headers=("Retry-After",),
+    ),
+)
 
 
 @dataclass(frozen=True)

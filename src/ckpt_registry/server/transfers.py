@@ -11,13 +11,16 @@ from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.responses import Response, StreamingResponse
 
 from ..blobs import BlobInfo, BlobStore, OnDigest, Upload
 from ..contract import file_path_problem
 from ..storage.base import FileRecord, Storage
+from .auth import READ_METHODS
 from .errors import RequestInvalid
+from .refusals import Refusal, depends_on
 from .settings import Settings
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -35,6 +38,29 @@ async def get_settings(request: Request) -> Settings:
 
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def uses_blobs(route: APIRoute, _method: str) -> bool:
+    return depends_on(route, get_blobs)
+
+
+def writes_blobs(route: APIRoute, method: str) -> bool:
+    return method not in READ_METHODS and uses_blobs(route, method)
+
+
+REFUSALS = (
+    Refusal(
+        503,
+        "the blob store does not answer or refuses a write",
+        uses_blobs,
+        headers=("Retry-After",),
+    ),
+    Refusal(
+        507,
+        "the blob store's disk is full, or the entity's quota (`CKPT_ENTITY_QUOTA_BYTES`) is used up",
+        writes_blobs,
+    ),
+)
 
 
 def file_body(record: FileRecord) -> dict[str, Any]:

@@ -6,7 +6,7 @@ once complete and verified; a download streams the blob back. Nothing holds a wh
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from starlette.convertors import PathConvertor, register_url_convertor
@@ -40,6 +40,20 @@ register_url_convertor("file_path", FilePathConvertor())
 router = APIRouter(
     prefix=CHECKPOINTS_PATH + "/{checkpoint_id}/files", tags=["files"], route_class=JSONBodyRoute
 )
+
+# `{path}` is read from the raw URL (`transfers.requested_path`), not as a FastAPI parameter: declared
+# here so that the document names it, as a generated client or schemathesis needs it named.
+FILE_PATH: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "path",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1},
+            "description": "The file's path in the checkpoint: `/`-separated segments",
+        }
+    ]
+}
 
 
 @router.get(
@@ -75,6 +89,7 @@ async def list_files(
 
 @router.put(
     "/{path:file_path}",
+    openapi_extra=FILE_PATH,
     summary="Upload Checkpoint File",
     status_code=201,
     response_model=FileResponse,
@@ -107,12 +122,14 @@ async def upload_file(
 
 @router.head(
     "/{path:file_path}",
+    openapi_extra=FILE_PATH,
     summary="Checkpoint File Headers",
     response_class=Response,
     responses={**MODEL_ERRORS, 304: {"description": "If-None-Match names the file's ETag"}},
 )
 @router.get(
     "/{path:file_path}",
+    openapi_extra=FILE_PATH,
     summary="Download Checkpoint File",
     response_class=Response,
     responses={
@@ -138,6 +155,7 @@ async def download_file(
 
 @router.delete(
     "/{path:file_path}",
+    openapi_extra=FILE_PATH,
     summary="Delete Checkpoint File",
     status_code=204,
     response_class=Response,

@@ -10,7 +10,7 @@ from ...contract import KEY_PATH
 from ..auth import Reader
 from ..bodies import JSONBodyRoute
 from ..responses import JSONBytes
-from ..schemas import ErrorDetail, KeyResponse
+from ..schemas import KeyResponse
 
 router = APIRouter(tags=["keys"], route_class=JSONBodyRoute)
 
@@ -19,7 +19,6 @@ router = APIRouter(tags=["keys"], route_class=JSONBodyRoute)
     KEY_PATH,
     summary="The Presented Key",
     response_model=KeyResponse,
-    responses={401: {"model": ErrorDetail}},
 )
 async def presented_key(caller: Reader) -> Response:
     return JSONBytes({"entity": caller.entity, "read_only": caller.read_only})

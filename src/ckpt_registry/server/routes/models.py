@@ -38,9 +38,8 @@ router = APIRouter(prefix=MODELS_PATH, tags=["models"], route_class=JSONBodyRout
     summary="Create Model",
     response_model=ModelResponse,
     responses={
-        401: {"model": ErrorDetail},
-        403: {"model": ErrorDetail},
-        409: {"model": ErrorDetail},
+        403: {"model": ErrorDetail, "description": "`entity` is not the key's entity"},
+        409: {"model": ErrorDetail, "description": "A live model has this name"},
     },
 )
 async def create_model(body: ModelCreate, entity: Entity, storage: StorageDep) -> Response:
@@ -56,7 +55,6 @@ async def create_model(body: ModelCreate, entity: Entity, storage: StorageDep) -
     "",
     summary="List Models",
     response_model=PaginatedResponse[ModelResponse],
-    responses={401: {"model": ErrorDetail}},
 )
 async def list_models(
     entity: Entity,

@@ -105,7 +105,7 @@ async def start_upload(
 ) -> Response:
     path = _checked_path(body.path, ["body", "path"])
     await storage.require_checkpoint(entity, model_id, checkpoint_id)
-    staged = await blobs.begin_upload()
+    staged = await blobs.begin_upload(resumable=True)
     await staged.close()
     try:
         session = await storage.create_upload(
@@ -158,6 +158,19 @@ async def upload_offset(
     responses={
         **MODEL_ERRORS,
         409: {"model": ErrorDetail, "description": "Upload-Offset is not the server's offset"},
+        413: {"model": ErrorDetail, "description": "The file would be over the size limit"},
+    },
+    # Read by the handler itself (a missing or malformed one is 422 at `["header", "upload-offset"]`).
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "Upload-Offset",
+                "in": "header",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 0},
+                "description": "The byte offset to append at: the server's, as HEAD reports it",
+            }
+        ]
     },
 )
 @request_body(STREAMED)

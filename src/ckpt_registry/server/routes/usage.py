@@ -9,7 +9,7 @@ from ...contract import USAGE_PATH
 from ..auth import Entity, StorageDep
 from ..bodies import JSONBodyRoute
 from ..responses import JSONBytes
-from ..schemas import ErrorDetail, UsageResponse
+from ..schemas import UsageResponse
 
 router = APIRouter(tags=["files"], route_class=JSONBodyRoute)
 
@@ -18,7 +18,6 @@ router = APIRouter(tags=["files"], route_class=JSONBodyRoute)
     USAGE_PATH,
     summary="Usage",
     response_model=UsageResponse,
-    responses={401: {"model": ErrorDetail}},
 )
 async def usage(entity: Entity, storage: StorageDep) -> Response:
     used = await storage.usage(entity)
