@@ -50,6 +50,7 @@ AUTHENTICATED = [
     Endpoint("PATCH", CHECKPOINTS + "/{checkpoint}", {"metrics": {"eval": 1.0}}),
     Endpoint("GET", CHECKPOINTS + "/best?metric=loss&mode=min"),
     Endpoint("GET", CHECKPOINTS + "/series?metric=loss&points=10"),
+    Endpoint("GET", CHECKPOINTS + "/metrics?limit=10"),
     Endpoint("POST", CHECKPOINTS + "/retention", {"keep_latest": 0}),
 ]
 

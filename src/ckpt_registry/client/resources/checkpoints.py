@@ -56,7 +56,7 @@ T = TypeVar("T")
 
 
 # Routes beside `.../checkpoints/{checkpoint_id}`: a checkpoint id can never be one of them.
-_SIBLING_ROUTES = frozenset({"best", "deleted-steps", "retention", "series", "steps"})
+_SIBLING_ROUTES = frozenset({"best", "deleted-steps", "metrics", "retention", "series", "steps"})
 
 
 def _checkpoints_path(model_id: str) -> str:
