@@ -27,6 +27,7 @@ def model_calls(client: Client, odd: str) -> list[Callable[[], Any]]:
         lambda: client.checkpoints.at_step(odd, 1),
         lambda: client.checkpoints.best(odd, metric="loss", mode="min"),
         lambda: list(client.checkpoints.deleted_steps(odd)),
+        lambda: list(client.checkpoints.metric_names(odd)),
     ]
 
 
