@@ -109,8 +109,8 @@ _AFTER_LAST = (MAX_STEP, "~")
 
 _CHECKPOINT_COLUMNS = "id, step, metrics, created_at, updated_at"
 # A model's metric names after ?2, at most ?3 + 1 of them: one index seek per name (a loose index
-# scan), so the cost is the number of names, not of metric rows (0.1 ms for 2 names of 100,000
-# checkpoints, where reading every row took ~25 ms). Every name is at least one character, so `''`
+# scan), so the cost is the number of names, not of metric rows (0.02 ms for 5 names of 100,000
+# checkpoints, where DISTINCT read every row: 119 ms; benchmarks/index_reads.py). Every name is at least one character, so `''`
 # comes before them all.
 _METRIC_NAMES = (
     "WITH RECURSIVE names(name, n) AS ("
