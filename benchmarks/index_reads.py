@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -99,11 +101,20 @@ async def traced(storage: Storage, call: Callable[[], Awaitable[Any]], table: st
     """The statement (parameters bound) on `table` that `call` runs on the SQLite storage."""
     assert isinstance(storage, SQLiteStorage)
     seen: list[str] = []
+    connect = storage.connect
+
+    def traced_connect(path: Path) -> sqlite3.Connection:  # reads that run on a thread
+        connection = connect(path)
+        connection.set_trace_callback(seen.append)
+        return connection
+
     storage.db.set_trace_callback(seen.append)
+    storage.connect = traced_connect  # type: ignore[method-assign]
     try:
         await call()
     finally:
         storage.db.set_trace_callback(None)
+        storage.connect = connect  # type: ignore[method-assign]
     return next(sql for sql in seen if table in sql)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -64,6 +66,19 @@ def big_model(database_url: str) -> str:
     return model_id
 
 
+def trace_every_connection(storage: SQLiteStorage, trace: Callable[[str], None]) -> None:
+    """Trace the storage's read connection and each one it opens for a read on a thread."""
+    storage.db.set_trace_callback(trace)
+    connect = storage.connect
+
+    def traced(path: Path) -> sqlite3.Connection:
+        connection = connect(path)
+        connection.set_trace_callback(trace)
+        return connection
+
+    storage.connect = traced  # type: ignore[method-assign]
+
+
 def read_both(database_url: str, model_id: str, trace: Any = None) -> tuple[Any, Any]:
     async def run() -> tuple[Any, Any]:
         storage = open_storage(database_url)
@@ -71,7 +86,7 @@ def read_both(database_url: str, model_id: str, trace: Any = None) -> tuple[Any,
         try:
             if trace is not None:
                 assert isinstance(storage, SQLiteStorage)
-                storage.db.set_trace_callback(trace)
+                trace_every_connection(storage, trace)
             names = await storage.list_metric_names("e", model_id, after=None, limit=PAGE)
             deleted = await storage.list_deleted_steps("e", model_id, after_step=None, limit=PAGE)
         finally:
