@@ -110,7 +110,7 @@ _AFTER_LAST = (MAX_STEP, "~")
 _CHECKPOINT_COLUMNS = "id, step, metrics, created_at, updated_at"
 # A model's metric names after ?2, at most ?3 + 1 of them: one index seek per name (a loose index
 # scan), so the cost is the number of names, not of metric rows (0.02 ms for 5 names of 100,000
-# checkpoints, where DISTINCT read every row: 119 ms; benchmarks/index_reads.py). Every name has at
+# checkpoints, where DISTINCT read every row: 122 ms; benchmarks/index_reads.py). Every name has at
 # least one character, so `''` comes before them all.
 _METRIC_NAMES = (
     "WITH RECURSIVE names(name, n) AS ("

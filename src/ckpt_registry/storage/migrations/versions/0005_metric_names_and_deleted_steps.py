@@ -2,7 +2,7 @@
 
 - `checkpoint_tombstones (model_id, step, deleted_at)` replaces `(model_id)`: a page of deleted steps
   reads the model's tombstones in step order and stops after the page (it read and sorted them all:
-  65 ms on PostgreSQL, 182 ms on SQLite for 99,000), and the index covers what the page returns.
+  70 ms on PostgreSQL, 167 ms on SQLite for 99,000), and the index covers what the page returns.
 - PostgreSQL: `checkpoint_metrics.name` in the "C" collation (byte order, as SQLite compares text), so
   the metric names list has one order on both databases, walked in the primary key `(model_id, name,
   step)` itself one name at a time. This rebuilds the table's two indexes under its lock: about 10 s
