@@ -9,17 +9,17 @@ import pty
 import select
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from ckpt_registry.cli.main import cli
 from ckpt_registry.client import Client
 
-Ckpt = Callable[..., Result]
+from .conftest import Ckpt
+
 MIB = 1024 * 1024
 
 FOLDER = {
@@ -30,20 +30,8 @@ FOLDER = {
 
 
 @pytest.fixture
-def ckpt(server_url: str, api_key: str, monkeypatch: pytest.MonkeyPatch) -> Ckpt:
-    monkeypatch.setenv("CKPT_API_KEY", api_key)
-    monkeypatch.setenv("CKPT_BASE_URL", server_url)
-
-    def run(*args: str) -> Result:
-        return CliRunner().invoke(cli, ["checkpoints", *args])
-
-    return run
-
-
-@pytest.fixture
-def sdk(server_url: str, api_key: str) -> Iterator[Client]:
-    with Client(api_key=api_key, base_url=server_url) as client:
-        yield client
+def ckpt(ckpt_command: Callable[..., Ckpt]) -> Ckpt:
+    return ckpt_command("checkpoints")
 
 
 @pytest.fixture

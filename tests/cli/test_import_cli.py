@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from click.testing import CliRunner, Result
 
-from ckpt_registry.cli.main import cli
 from ckpt_registry.client import Client
 
-Ckpt = Callable[..., Result]
+from .conftest import Ckpt
 
 
 @pytest.fixture
-def ckpt(server_url: str, api_key: str, monkeypatch: pytest.MonkeyPatch) -> Ckpt:
-    monkeypatch.setenv("CKPT_API_KEY", api_key)
-    monkeypatch.setenv("CKPT_BASE_URL", server_url)
-
-    def run(*args: str) -> Result:
-        return CliRunner().invoke(cli, ["import", "hf-trainer", *args])
-
-    return run
-
-
-@pytest.fixture
-def sdk(server_url: str, api_key: str) -> Iterator[Client]:
-    with Client(api_key=api_key, base_url=server_url) as client:
-        yield client
+def ckpt(ckpt_command: Callable[..., Ckpt]) -> Ckpt:
+    return ckpt_command("import", "hf-trainer")
 
 
 @pytest.fixture

@@ -10,26 +10,19 @@ from typing import Any
 
 import click
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from ckpt_registry.cli.checkpoints import checkpoints
 from ckpt_registry.cli.importer import import_group
 from ckpt_registry.cli.main import cli
 from ckpt_registry.cli.models import models
 
-Ckpt = Callable[..., Result]
+from .conftest import Ckpt
 
 
 @pytest.fixture
-def ckpt(server_url: str, api_key: str, monkeypatch: pytest.MonkeyPatch) -> Ckpt:
-    """Run `ckpt ARGS...` with the key and URL in the environment, as a user's shell has them."""
-    monkeypatch.setenv("CKPT_API_KEY", api_key)
-    monkeypatch.setenv("CKPT_BASE_URL", server_url)
-
-    def run(*args: str, input: str | None = None) -> Result:
-        return CliRunner().invoke(cli, list(args), input=input)
-
-    return run
+def ckpt(ckpt_command: Callable[..., Ckpt]) -> Ckpt:
+    return ckpt_command()
 
 
 def create(ckpt: Ckpt, name: str = "agent", project: str = "rl") -> dict[str, Any]:

@@ -196,21 +196,34 @@ class BaseClient:
         return f"{self.base_url}/{path.lstrip('/')}"
 
     def _build_request(
-        self, http: httpx.Client | httpx.AsyncClient, request: APIRequest[Any]
+        self, http: httpx.Client | httpx.AsyncClient | None, request: APIRequest[Any]
     ) -> httpx.Request:
+        """The request as ``http`` sends it; with None, as it stands alone (file bytes go over
+        connections of their own, client/wire.py, which set their own timeouts)."""
         params = {k: v for k, v in (request.params or {}).items() if v is not None}
+        url = self._url(request.path)
+        headers = {
+            **(self._headers if request.authenticated else {}),
+            **(request.headers or {}),
+        }
+        # params: None, not {}: merging even no parameters re-encodes a URL's query, which would
+        # break the signature of a presigned URL.
+        if http is None:
+            return httpx.Request(
+                request.method,
+                url,
+                params=params or None,
+                json=request.json,
+                content=request.content,
+                headers=headers,
+            )
         return http.build_request(
             request.method,
-            self._url(request.path),
-            # None, not {}: merging even no parameters re-encodes a URL's query, which would break
-            # the signature of a presigned URL.
+            url,
             params=params or None,
             json=request.json,
             content=request.content,
-            headers={
-                **(self._headers if request.authenticated else {}),
-                **(request.headers or {}),
-            },
+            headers=headers,
             timeout=self.timeout,
         )
 
@@ -236,7 +249,7 @@ class Attempts(Generic[T]):
         self._attempt = 0
         self._started = time.monotonic()
 
-    def next_request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+    def next_request(self, http: httpx.Client | httpx.AsyncClient | None) -> httpx.Request:
         return self._client._build_request(http, self._request)
 
     def answered(self, response: httpx.Response) -> T | Retry:
