@@ -56,7 +56,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
 
 
-def add_key(database_url: str, entity: str = "default", name: str = "test") -> str:
+def add_key(
+    database_url: str, entity: str = "default", name: str = "test", *, read_only: bool = False
+) -> str:
     """Create a key directly in the database, as `ckpt keys create` does; return the key."""
     key = generate_key()
 
@@ -64,7 +66,7 @@ def add_key(database_url: str, entity: str = "default", name: str = "test") -> s
         storage = open_storage(database_url)
         await storage.open()
         try:
-            await storage.create_key(entity, name, hash_key(key))
+            await storage.create_key(entity, name, hash_key(key), read_only=read_only)
         finally:
             await storage.close()
 

@@ -63,8 +63,12 @@ FILES_LIMIT_MAX: Final = 1000
 FILES_LIMIT_DEFAULT: Final = 1000
 UPLOADS_PATH: Final = API_PREFIX + "/preview/uploads"
 USAGE_PATH: Final = API_PREFIX + "/preview/usage"
-# The Hugging Face Hub's repository API (docs/hub.md); its file resolution is `/{repo}/resolve/...`.
-HUB_API_PATH: Final = "/api/models"
+# The Hugging Face Hub's API (docs/hub.md): everything under `/api`, its repositories under
+# `/api/models`; its file resolution is `/{repo}/resolve/...`. Commits come 50 to a page, as the Hub's.
+HUB_PATH_PREFIX: Final = "/api"
+HUB_API_PATH: Final = HUB_PATH_PREFIX + "/models"
+HUB_WHOAMI_PATH: Final = HUB_PATH_PREFIX + "/whoami-v2"
+HUB_COMMITS_PAGE: Final = 50
 KEY_PATH: Final = API_PREFIX + "/preview/key"
 
 

@@ -7,12 +7,15 @@ Each request is `{"op": NAME, "args": {...}}`; each answer `{"result": ...}`, or
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import sys
 import traceback
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +179,50 @@ def model_info(repo_id: str, revision: str | None = None, **kwargs: Any) -> dict
         },
         "ckpt": getattr(info, "ckpt", None),
     }
+
+
+def _plain(value: Any) -> Any:
+    """A client result as JSON: a dataclass as its fields and `_type` (RepoFile or RepoFolder, ...),
+    a datetime in ISO 8601."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {
+            field.name: _plain(getattr(value, field.name)) for field in dataclasses.fields(value)
+        }
+        return {"_type": type(value).__name__} | fields
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, list | tuple) or inspect.isgenerator(value):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+@op
+def hf_api(method: str, **kwargs: Any) -> Any:
+    """`HfApi().<method>(**kwargs)`, as a user script calls it, its result as plain JSON."""
+    return _plain(getattr(huggingface_hub.HfApi(), method)(**kwargs))
+
+
+@op
+def hf_file_system(method: str, path: str, **kwargs: Any) -> Any:
+    """`HfFileSystem().<method>(path, ...)`: the `hf://` paths pandas, datasets and fsspec read."""
+    return _plain(getattr(huggingface_hub.HfFileSystem(), method)(path, **kwargs))
+
+
+@op
+def config(repo_id: str, revision: str | None = None) -> Json:
+    from transformers import AutoConfig
+
+    loaded: Json = AutoConfig.from_pretrained(repo_id, revision=revision).to_dict()
+    return loaded
+
+
+@op
+def file_metadata(repo_id: str, filename: str, revision: str | None = None) -> Json:
+    url = huggingface_hub.hf_hub_url(repo_id, filename, revision=revision)
+    meta = huggingface_hub.get_hf_file_metadata(url)
+    return {"commit": meta.commit_hash, "etag": meta.etag, "size": meta.size}
 
 
 def answer(message: Json) -> None:

@@ -104,6 +104,7 @@ class Hub:
     root: str  # the server's root URL: HF_ENDPOINT
     key: str
     other_key: str
+    read_only_key: str  # of the same entity as `key`
     client: HubClient
     model_folder: Path
     adapter_folder: Path
@@ -183,6 +184,7 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Hub]:
                 blob_url = f"s3://{create_bucket(endpoint)}/registry"
             key = add_key(database_url, "default")
             other_key = add_key(database_url, "other")
+            read_only_key = add_key(database_url, "default", "viewer", read_only=True)
             settings = Settings(database_url=database_url, blob_url=blob_url, gc_interval_seconds=0)
             with serving(settings) as server:
                 root = server.url.removesuffix("/v1")
@@ -201,7 +203,16 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Hub]:
                 }
                 client = HubClient(client_env)
                 try:
-                    hub = Hub(root, key, other_key, client, tmp / "model", tmp / "adapter", store)
+                    hub = Hub(
+                        root,
+                        key,
+                        other_key,
+                        read_only_key,
+                        client,
+                        tmp / "model",
+                        tmp / "adapter",
+                        store,
+                    )
                     _populate(hub)
                     yield hub
                 finally:
@@ -250,10 +261,18 @@ def test_the_hub_client_against_the_server(hub: Hub) -> None:
     check_resolve_headers_and_ranges(hub)
     check_list_repo_files_and_tree(hub)
     check_model_info_lists_files_with_their_sha256(hub)
+    check_paths_info_and_existence_checks(hub)
+    check_expanded_entries_name_the_revisions_commit(hub)
+    check_refs_are_main_and_a_branch_per_step(hub)
+    check_commits_are_the_checkpoints_up_to_the_revision(hub)
+    check_whoami_names_the_keys_entity_and_role(hub)
+    check_hf_file_system_reads_revisions(hub)
+    check_what_is_not_served_is_a_readable_error(hub)
     check_commit_changes_with_the_files_and_the_old_one_is_gone(hub)
     check_errors_are_the_clients_own(hub)
     if hub.blob_store == "local":  # listing is the database's work: once per database is enough
         check_a_long_tree_comes_in_pages(hub)
+        check_a_long_history_comes_in_pages(hub)
     check_another_entitys_model_answers_exactly_as_an_unknown_one(hub)
     check_malformed_requests_are_refused_not_failed(hub)
 
@@ -313,6 +332,12 @@ def check_from_pretrained_loads_the_uploaded_weights(hub: Hub) -> None:
     tokens = hub.client.call("tokenize", repo_id="team/agent-7", revision="step-2", text=text)
     assert tokens == hub.client.call("tokenize", repo_id=str(hub.model_folder), text=text)
     assert 0 not in tokens  # every word known: the uploaded vocabulary, not a stand-in
+    config = hub.client.call("config", repo_id="team/agent-7", revision="best-accuracy")
+    saved = json.loads((hub.model_folder / "config.json").read_text())
+    assert {name: config.get(name) for name in saved} == saved | {
+        "transformers_version": config["transformers_version"]
+    }
+    assert config["_name_or_path"] == "team/agent-7"
     # By model id as well as by name.
     model_id = hub.client.call("model_info", repo_id="team/agent-7")["ckpt"]["model_id"]
     assert hub.client.call("from_pretrained", repo_id=model_id) == local
@@ -388,9 +413,311 @@ def check_model_info_lists_files_with_their_sha256(hub: Hub) -> None:
     ]
 
 
+def _commits(hub: Hub, repo_id: str = "team/agent-7") -> dict[str, str]:
+    """revision -> commit, as model_info answers it (the commit the other endpoints must agree on)."""
+    return {
+        revision: hub.client.call("model_info", repo_id=repo_id, revision=revision)["sha"]
+        for revision in ("main", "step-1", "step-2", "step-3")
+    }
+
+
+def check_paths_info_and_existence_checks(hub: Hub) -> None:
+    """`get_paths_info` (a POST that only reads: a read-only key may send it), `file_exists`,
+    `repo_exists`, `revision_exists` and `auth_check`, as a user script calls them."""
+    asked = ["notes café #1.md", "extra", "missing.bin", "extra/notes", "step.txt", "extra"]
+    for key in (hub.key, hub.read_only_key):
+        entries = hub.client.call(
+            "hf_api",
+            method="get_paths_info",
+            repo_id="team/agent-7",
+            paths=asked,
+            revision="step-2",
+            token=key,
+        )
+        # In the order asked, each once, a path that does not exist left out (as the Hub does).
+        assert [(entry["_type"], entry["path"]) for entry in entries] == [
+            ("RepoFile", "notes café #1.md"),
+            ("RepoFolder", "extra"),
+            ("RepoFolder", "extra/notes"),
+            ("RepoFile", "step.txt"),
+        ]
+        step = entries[3]
+        assert step["lfs"]["sha256"] == hub.uploaded[2]["step.txt"] and step["size"] == 1
+        assert step["last_commit"] is None  # only with expand=True
+    api = "hf_api"
+    for path, exists in (("extra/run.json", True), ("missing.bin", False), ("extra", False)):
+        assert (
+            hub.client.call(api, method="file_exists", repo_id="team/agent-7", filename=path)
+            is exists
+        ), path
+    assert not hub.client.call(
+        api, method="file_exists", repo_id="team/agent-7", filename="step.txt", revision="step-9"
+    )
+    model_id = hub.client.call("model_info", repo_id="team/agent-7")["ckpt"]["model_id"]
+    for repo, exists in (
+        ("team/agent-7", True),
+        (model_id, True),
+        ("team/secret", False),  # another entity's: as a repository that does not exist
+        ("team/nothing-here", False),
+    ):
+        assert hub.client.call(api, method="repo_exists", repo_id=repo) is exists, repo
+    commit = _commits(hub)["step-1"]
+    for revision, exists in (
+        ("step-1", True),
+        ("best-eval_loss", True),
+        (commit, True),
+        (hub.checkpoints[3], True),
+        ("step-99", False),
+        ("v1.0", False),
+        ("best-no_such_metric", False),
+    ):
+        assert (
+            hub.client.call(
+                api, method="revision_exists", repo_id="team/agent-7", revision=revision
+            )
+            is exists
+        ), revision
+    assert hub.client.call(api, method="auth_check", repo_id="team/agent-7") is None
+    assert hub.client.error(api, method="auth_check", repo_id="team/secret") == (
+        "RepositoryNotFoundError"
+    )
+    refused = hub.client.ask(api, method="auth_check", repo_id="team/agent-7", write=True)
+    assert refused["error"] == "HfHubHTTPError", refused
+    assert "403 Forbidden: This registry's Hub API is read-only" in refused["message"], refused
+    metadata = hub.client.call("file_metadata", repo_id="team/agent-7", filename="step.txt")
+    assert metadata == {
+        "commit": _commits(hub)["main"],
+        "etag": hub.uploaded[3]["step.txt"],
+        "size": 1,
+    }
+
+
+def check_expanded_entries_name_the_revisions_commit(hub: Hub) -> None:
+    """`expand=True` (tree, recursive or not, and paths-info): each entry's `last_commit` is the
+    revision's own commit, titled by its step (a checkpoint sets all of its files)."""
+    commits = _commits(hub)
+    listings = {
+        "main": hub.client.call(
+            "hf_api", method="list_repo_tree", repo_id="team/agent-7", expand=True
+        ),
+        "step-1": hub.client.call(
+            "hf_api",
+            method="list_repo_tree",
+            repo_id="team/agent-7",
+            revision="step-1",
+            recursive=True,
+            expand=True,
+        ),
+        "step-2": hub.client.call(
+            "hf_api",
+            method="get_paths_info",
+            repo_id="team/agent-7",
+            paths=["extra", "config.json"],
+            revision="step-2",
+            expand=True,
+        ),
+    }
+    for revision, entries in listings.items():
+        assert entries
+        step = 3 if revision == "main" else int(revision[-1])
+        for entry in entries:
+            assert entry["last_commit"]["oid"] == commits[revision], (revision, entry)
+            assert entry["last_commit"]["title"] == f"step {step}"
+    recursive = [entry["path"] for entry in listings["step-1"] if entry["_type"] == "RepoFile"]
+    assert recursive == sorted(hub.uploaded[1], key=str.encode)
+    # Without expand, no last commit: what the client shows for the Hub's plain listing.
+    plain = hub.client.call("hf_api", method="list_repo_tree", repo_id="team/agent-7")
+    assert all(entry["last_commit"] is None for entry in plain)
+
+
+def check_refs_are_main_and_a_branch_per_step(hub: Hub) -> None:
+    commits = _commits(hub)
+    refs = hub.client.call("hf_api", method="list_repo_refs", repo_id="team/agent-7")
+    assert [(ref["name"], ref["ref"], ref["target_commit"]) for ref in refs["branches"]] == [
+        (name, f"refs/heads/{name}", commits[name])
+        for name in ("main", "step-1", "step-2", "step-3")
+    ]
+    assert (refs["tags"], refs["converts"], refs["pull_requests"]) == ([], [], None)
+    with_prs = hub.client.call(
+        "hf_api", method="list_repo_refs", repo_id="team/agent-7", include_pull_requests=True
+    )
+    assert with_prs["pull_requests"] == []
+    # Every branch is a revision the other endpoints take.
+    for ref in refs["branches"]:
+        assert hub.client.call(
+            "hf_api", method="revision_exists", repo_id="team/agent-7", revision=ref["name"]
+        )
+    assert hub.client.error("hf_api", method="list_repo_refs", repo_id="team/secret") == (
+        "RepositoryNotFoundError"
+    )
+
+
+def check_commits_are_the_checkpoints_up_to_the_revision(hub: Hub) -> None:
+    """A revision's history is its checkpoint and the live ones below it, newest first."""
+    commits = _commits(hub)
+    history = hub.client.call("hf_api", method="list_repo_commits", repo_id="team/agent-7")
+    assert [commit["commit_id"] for commit in history] == [
+        commits["step-3"],
+        commits["step-2"],
+        commits["step-1"],
+    ]
+    assert [commit["title"] for commit in history] == ["step 3", "step 2", "step 1"]
+    assert all(commit["authors"] == ["default"] for commit in history)
+    assert history[1]["message"].splitlines() == [
+        f"checkpoint {hub.checkpoints[2]}",
+        "accuracy: 0.3",
+        "eval/loss: 0.5",
+        "eval_loss: 0.5",
+    ]
+    assert history[0]["formatted_title"] is None
+    best = hub.client.call(
+        "hf_api",
+        method="list_repo_commits",
+        repo_id="team/agent-7",
+        revision="best-eval_loss",
+        formatted=True,
+    )
+    assert [commit["commit_id"] for commit in best] == [commits["step-2"], commits["step-1"]]
+    assert best[0]["formatted_title"] == "step 2"
+    assert best[0]["formatted_message"].startswith(f"checkpoint {hub.checkpoints[2]}<br>")
+    by_commit = hub.client.call(
+        "hf_api", method="list_repo_commits", repo_id="team/agent-7", revision=commits["step-1"]
+    )
+    assert [commit["commit_id"] for commit in by_commit] == [commits["step-1"]]
+    assert hub.client.error(
+        "hf_api", method="list_repo_commits", repo_id="team/agent-7", revision="step-99"
+    ) == ("RevisionNotFoundError")
+
+
+def check_whoami_names_the_keys_entity_and_role(hub: Hub) -> None:
+    me = hub.client.call("hf_api", method="whoami")
+    assert (me["name"], me["auth"]["accessToken"]["role"]) == ("default", "write")
+    viewer = hub.client.call("hf_api", method="whoami", token=hub.read_only_key)
+    assert (viewer["name"], viewer["auth"]["accessToken"]["role"]) == ("default", "read")
+    assert hub.client.call("hf_api", method="whoami", token=hub.other_key)["name"] == "other"
+    wrong = hub.client.ask("hf_api", method="whoami", token="not-a-key")
+    assert wrong["error"] == "HfHubHTTPError"
+    assert "Invalid user token" in wrong["message"]
+
+
+def check_hf_file_system_reads_revisions(hub: Hub) -> None:
+    """`hf://` paths (HfFileSystem: pandas, datasets, fsspec): listing, glob, info and reading, at a
+    revision written `repo@revision` (the client percent-encodes its `/`)."""
+    fs = "hf_file_system"
+    assert hub.client.call(fs, method="ls", path="team/agent-7/extra", detail=False) == [
+        "team/agent-7/extra/notes",
+        "team/agent-7/extra/run.json",
+    ]
+    found = hub.client.call(fs, method="glob", path="team/agent-7@step-1/**/*.md")
+    assert found == [
+        "team/agent-7@step-1/extra/notes/readme.md",
+        "team/agent-7@step-1/notes café #1.md",
+    ]
+    for revision, step in (("step-1", 1), ("best-eval/loss", 2)):
+        path = f"team/agent-7@{quote(revision, safe='')}/step.txt"
+        assert hub.client.call(fs, method="read_text", path=path) == str(step)
+    info = hub.client.call(fs, method="info", path="team/agent-7/extra/run.json")
+    assert (info["type"], info["lfs"]["sha256"]) == ("file", hub.uploaded[3]["extra/run.json"])
+    assert hub.client.call(fs, method="exists", path="team/agent-7/extra") is True
+    assert hub.client.call(fs, method="exists", path="team/agent-7/missing.bin") is False
+
+
+def check_what_is_not_served_is_a_readable_error(hub: Hub) -> None:
+    """Writes, model search, datasets and spaces: the client's own error with a message that says
+    why, never a 5xx or a page of HTML."""
+    api = "hf_api"
+    for key in (hub.key, hub.read_only_key):
+        for method, args in (
+            (
+                "upload_file",
+                {"path_or_fileobj": str(hub.model_folder / "config.json"), "path_in_repo": "c"},
+            ),
+            ("delete_file", {"path_in_repo": "step.txt"}),
+            ("create_branch", {"branch": "v1"}),
+        ):
+            refused = hub.client.ask(api, method=method, repo_id="team/agent-7", token=key, **args)
+            assert refused["error"] == "HfHubHTTPError", refused
+            assert "405" in refused["message"] and "read-only" in refused["message"], refused
+    created = hub.client.ask(api, method="create_repo", repo_id="team/new-one")
+    assert "read-only" in created["message"], created
+    listed = hub.client.ask(api, method="list_models", author="team")
+    assert listed["error"] == "HfHubHTTPError" and "GET /v1/preview/models" in listed["message"]
+    assert hub.client.error(api, method="dataset_info", repo_id="team/agent-7") == (
+        "RepositoryNotFoundError"
+    )
+    assert (
+        hub.client.error(
+            "hf_hub_download", repo_id="team/data", filename="x.csv", repo_type="dataset"
+        )
+        == "RepositoryNotFoundError"
+    )
+    with httpx.Client(base_url=hub.root, timeout=30) as http:
+        auth = {"Authorization": f"Bearer {hub.key}"}
+        answers = {
+            ("GET", "/api/models"): http.get("/api/models", headers=auth),
+            ("GET", "discussions"): http.get("/api/models/team/agent-7/discussions", headers=auth),
+            ("GET", "spaces"): http.get("/api/spaces/team/app", headers=auth),
+            ("POST", "commit"): http.post("/api/models/team/agent-7/commit/main", headers=auth),
+            ("DELETE", "repo"): http.request("DELETE", "/api/repos/delete", headers=auth),
+            ("POST", "no key"): http.post("/api/models/team/agent-7/paths-info/main"),
+            ("GET", "whoami, no key"): http.get("/api/whoami-v2"),
+            ("GET", "bad cursor"): http.get(
+                "/api/models/team/agent-7/commits/main?cursor=x", headers=auth
+            ),
+            ("POST", "bad body"): http.post(
+                "/api/models/team/agent-7/paths-info/main",
+                json={"paths": "config.json"},
+                headers=auth,
+            ),
+        }
+    statuses = {name: answer.status_code for name, answer in answers.items()}
+    assert statuses == {
+        ("GET", "/api/models"): 404,
+        ("GET", "discussions"): 404,
+        ("GET", "spaces"): 404,
+        ("POST", "commit"): 405,
+        ("DELETE", "repo"): 405,
+        ("POST", "no key"): 401,
+        ("GET", "whoami, no key"): 401,
+        ("GET", "bad cursor"): 400,
+        ("POST", "bad body"): 400,
+    }
+    for answer in answers.values():
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.json()["error"]
+    assert answers[("POST", "commit")].headers["Allow"] == "GET, HEAD"
+    assert answers[("GET", "spaces")].headers["X-Error-Code"] == "RepoNotFound"
+
+
+def check_a_long_history_comes_in_pages(hub: Hub) -> None:
+    """Over a page of commits (50): the client follows the Link header to the end, in step order,
+    and the refs list every step."""
+    with hub.api() as api:
+        model_id = _create(api, "team", "long-run")
+        for step in range(1, 62):
+            _upload(api, model_id, _register(api, model_id, step, {}), {"step.txt": b"%d" % step})
+    history = hub.client.call("hf_api", method="list_repo_commits", repo_id="team/long-run")
+    assert [commit["title"] for commit in history] == [f"step {s}" for s in range(61, 0, -1)]
+    assert len({commit["commit_id"] for commit in history}) == 61
+    below = hub.client.call(
+        "hf_api", method="list_repo_commits", repo_id="team/long-run", revision="step-55"
+    )
+    assert [commit["title"] for commit in below] == [f"step {s}" for s in range(55, 0, -1)]
+    refs = hub.client.call("hf_api", method="list_repo_refs", repo_id="team/long-run")
+    names = [ref["name"] for ref in refs["branches"]]
+    assert names == ["main"] + [f"step-{s}" for s in range(1, 62)]
+    assert refs["branches"][0]["target_commit"] == history[0]["commit_id"]
+
+
 def check_commit_changes_with_the_files_and_the_old_one_is_gone(hub: Hub) -> None:
     with hub.api() as api:
         model_id = _create(api, "team", "changing")
+        # No checkpoint yet: a repository without branches or history.
+        empty = hub.client.call("hf_api", method="list_repo_refs", repo_id="team/changing")
+        assert empty["branches"] == []
+        assert hub.client.error("hf_api", method="list_repo_commits", repo_id="team/changing") == (
+            "RevisionNotFoundError"
+        )
         checkpoint_id = _register(api, model_id, 1, {})
         _upload(api, model_id, checkpoint_id, {"config.json": b"{}"})
         before = hub.client.call("snapshot_download", repo_id="team/changing")
@@ -412,6 +739,14 @@ def check_commit_changes_with_the_files_and_the_old_one_is_gone(hub: Hub) -> Non
             )
         info = hub.client.call("model_info", repo_id="team/changing")
         assert (info["ckpt"]["checkpoint_id"], info["siblings"]) == (second, {})
+        # Gone from the refs and the history too, as a commit is after a force-push.
+        refs = hub.client.call("hf_api", method="list_repo_refs", repo_id="team/changing")
+        assert [(ref["name"], ref["target_commit"]) for ref in refs["branches"]] == [
+            ("main", info["sha"]),
+            ("step-2", info["sha"]),
+        ]
+        history = hub.client.call("hf_api", method="list_repo_commits", repo_id="team/changing")
+        assert [commit["commit_id"] for commit in history] == [info["sha"]]
         assert api.delete(f"/models/{model_id}").status_code == 200
     assert hub.client.error("model_info", repo_id="team/changing") == "RepositoryNotFoundError"
 
@@ -510,7 +845,11 @@ def check_malformed_requests_are_refused_not_failed(hub: Hub) -> None:
             "/api/models/team/agent-7/revision/" + "x" * 5000,
             "/api/models/team/agent-7/tree/main/extra%2F..%2Fstep.txt",
             "/api/models/team/agent-7/tree/main?recursive=true&cursor=%00",
-            "/api/models/team/agent-7/refs",
+            "/api/models/team/agent-7/commits/main?cursor=%00",
+            "/api/models/team/agent-7/commits/main?cursor=00000000-0000-0000-0000-000000000000",
+            "/api/models/team/agent-7/commits/%ff",
+            "/api/models/team/agent-7/paths-info/main",  # a GET of the POST-only path
+            "/api/%ff/x",
             "/api/models/team%00/agent-7",
             "/api/models/a--b/c",
             "/team/agent-7/resolve/main/extra/%2E%2E/step.txt",
@@ -519,5 +858,11 @@ def check_malformed_requests_are_refused_not_failed(hub: Hub) -> None:
             "/team/agent-7/resolve/main",
         ):
             answers[path] = http.get(path).status_code
+        for body in (b"paths=%ff", b"\xff"):
+            answers[f"paths-info {body[:10]!r}"] = http.post(
+                "/api/models/team/agent-7/paths-info/main",
+                content=body,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            ).status_code
     failed = {path: status for path, status in answers.items() if not 400 <= status < 500}
     assert not failed

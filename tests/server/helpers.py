@@ -247,6 +247,23 @@ def drive_every_route(api: httpx.Client, name: str = "every-route") -> dict[str,
     for repo in (f"proj/{name}", model):
         assert api.head(f"{hub}/{repo}/resolve/step-1/model.bin").status_code == 200
         assert api.get(f"{hub}/{repo}/resolve/step-1/model.bin").content == data
+    for what in ("refs", "commits/step-1"):
+        assert api.get(f"{hub}/api/models/{model}/{what}").status_code == 200
+    paths_info = api.post(
+        f"{hub}/api/models/{model}/paths-info/step-1",
+        content=b"paths=model.bin",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert paths_info.json()[0]["path"] == "model.bin"
+    assert api.get(f"{hub}/api/whoami-v2").status_code == 200
+    # What the Hub surface does not serve, answered as its client reads it: a dataset's file, a
+    # read elsewhere under /api, a write.
+    for method in ("GET", "HEAD"):
+        other = api.request(method, f"{hub}/datasets/proj/data/resolve/main/x.csv")
+        assert other.status_code == 404
+        assert api.request(method, f"{hub}/api/datasets/proj/data").status_code == 404
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        assert api.request(method, f"{hub}/api/repos/create").status_code == 405
     transfers = api.post(
         f"/preview/models/{model}/checkpoints/{checkpoint}/transfers",
         json={

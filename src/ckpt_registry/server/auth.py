@@ -17,8 +17,9 @@ from .requestlog import note_entity
 bearer_scheme = HTTPBearer(auto_error=False)
 
 # Requests that change nothing. Every other method writes, whatever the route: a route added later is
-# closed to read-only keys until it says otherwise. The one POST that may only read (a batch
-# `download` transfer) takes `Reader` and calls `require_write` for its writing operation.
+# closed to read-only keys until it says otherwise. The POSTs that may only read take the caller
+# instead: a batch `download` transfer (`Reader`, with `require_write` for its writing operation)
+# and the Hub surface's paths-info (routes/hub.py, whose every other write is refused for any key).
 READ_METHODS: Final = frozenset({"GET", "HEAD"})
 READ_ONLY_DETAIL: Final = (
     "This API key is read-only: it may list, read and download, but not change anything"

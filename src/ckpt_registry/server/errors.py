@@ -179,6 +179,10 @@ def hub_error_response(exc: HubError) -> Response:
         headers["X-Repo-Commit"] = exc.commit
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if exc.status == 403:  # the client shows this header in its message for a 403
+        headers["X-Error-Message"] = "This registry's Hub API is read-only"
+    if exc.status == 405:
+        headers["Allow"] = "GET, HEAD"
     return JSONBytes({"error": exc.message}, exc.status, headers=headers)
 
 

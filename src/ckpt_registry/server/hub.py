@@ -1,28 +1,39 @@
 """The Hugging Face Hub download protocol mapped onto the registry (docs/hub.md): repository ids, revisions,
-the commit sha of a checkpoint's file set, and the entries the Hub lists for files and folders."""
+the commit sha of a checkpoint's file set, refs and commit history, the entries the Hub lists for files
+and folders, and the answers to what is not served."""
 
 from __future__ import annotations
 
 import hashlib
+import html
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..contract import MAX_STEP
-from ..storage.base import FileRecord, Mode, canonical_uuid
+from ..storage.base import Caller, Checkpoint, FileRecord, Mode, canonical_uuid
+from .responses import timestamp
 
 __all__ = [
     "HubError",
     "RepoRef",
     "Revision",
+    "branch",
+    "commit_entry",
     "commit_sha",
     "file_entry",
     "folder_entry",
+    "last_commit",
     "natural_mode",
     "parse_repo",
     "parse_revision",
+    "refs",
     "sibling",
+    "step_revision",
+    "unserved",
+    "whoami",
 ]
 
 # A part of a repository id the Hub client accepts (huggingface_hub's `validate_repo_id`): ASCII
@@ -63,6 +74,42 @@ class HubError(Exception):
         return cls(401, "RepoNotFound", f"{reason}; the token is a ckpt-registry API key")
 
     @classmethod
+    def invalid_token(cls, reason: str) -> HubError:
+        # Outside a repository (whoami) a bad key is a plain 401: the client says "Invalid user
+        # token" rather than "Repository not found".
+        return cls(401, None, f"{reason}; the token is a ckpt-registry API key")
+
+    @classmethod
+    def read_only(cls) -> HubError:
+        return cls(
+            405,
+            None,
+            "This registry's Hub API is read-only: make checkpoints and upload their files with"
+            " ckpt's own API (the SDK, `ckpt import --with-files`, the files routes; docs/hub.md)",
+        )
+
+    @classmethod
+    def cannot_write(cls) -> HubError:
+        # `auth-check/write` asks whether the key may write: no key may, here (the Hub's 403).
+        return cls(403, None, "No key writes through this registry's Hub API: it is read-only")
+
+    @classmethod
+    def bad_request(cls, message: str) -> HubError:
+        return cls(400, None, message)
+
+    @classmethod
+    def bad_cursor(cls) -> HubError:
+        return cls.bad_request("cursor: use the Link header's URL as it is")
+
+    @classmethod
+    def models_only(cls) -> HubError:
+        return cls(
+            404,
+            "RepoNotFound",
+            "Repository not found: this registry holds models only (no datasets or spaces)",
+        )
+
+    @classmethod
     def revision_not_found(cls, revision: str) -> HubError:
         return cls(404, "RevisionNotFound", f"Invalid rev id: {revision}")
 
@@ -93,6 +140,19 @@ def parse_repo(segments: list[str]) -> tuple[RepoRef, list[str]] | None:
     if len(segments) < 2 or not all(_repo_part(part) for part in segments[:2]):
         return None
     return RepoRef(project=segments[0], name=segments[1]), segments[2:]
+
+
+def unserved(segments: list[str]) -> HubError:
+    """The answer to a read of `/api/...` this server does not serve: a dataset or a space is a
+    repository that does not exist here; anything else names what is served instead."""
+    if segments and segments[0] in ("datasets", "spaces"):
+        return HubError.models_only()
+    return HubError(
+        404,
+        None,
+        "Not served: this registry answers the Hub's model reads (info, tree, paths-info, refs,"
+        " commits, file resolution) and whoami; list models with GET /v1/preview/models",
+    )
 
 
 def _repo_part(text: str) -> bool:
@@ -138,6 +198,11 @@ def parse_revision(text: str) -> Revision | None:
     return None
 
 
+def step_revision(step: int) -> str:
+    """The revision that names the checkpoint at `step`, as `parse_revision` reads it."""
+    return f"step-{step}"
+
+
 def natural_mode(metric: str) -> Mode:
     """`min` for a metric that names a loss, an error or a perplexity (`eval_loss`, `train/loss`,
     `wer`, `valloss`), `max` for anything else."""
@@ -170,8 +235,9 @@ def _git_blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\x00" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
-def file_entry(record: FileRecord) -> dict[str, Any]:
-    """A file as `GET /api/models/{repo}/tree/...` lists it."""
+def file_entry(record: FileRecord, expanded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A file as `GET /api/models/{repo}/tree/...` and paths-info list it; `expanded` holds the
+    fields `expand=true` adds (`last_commit`)."""
     pointer = _lfs_pointer(record)
     return {
         "type": "file",
@@ -179,13 +245,86 @@ def file_entry(record: FileRecord) -> dict[str, Any]:
         "size": record.size_bytes,
         "path": record.path,
         "lfs": {"oid": record.sha256, "size": record.size_bytes, "pointerSize": len(pointer)},
+    } | (expanded or {})
+
+
+def folder_entry(path: str, commit: str, expanded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A folder as the tree lists it; its oid changes with the commit (no git tree is kept)."""
+    oid = hashlib.sha1(f"{commit}\x00{path}".encode(), usedforsecurity=False).hexdigest()
+    return {"type": "directory", "oid": oid, "size": 0, "path": path} | (expanded or {})
+
+
+# Commits and refs. A checkpoint is a commit: each one sets all of its files at once, so a revision's
+# history is the model's live checkpoints at its step and below, newest first, and every file and
+# folder of a revision was last changed by the revision's own commit. The refs are branches, as the
+# Hub's checkpoint series (Pythia, OLMo) name one branch per training step: `main` and `step-N`.
+
+
+def _commit_title(checkpoint: Checkpoint) -> str:
+    return f"step {checkpoint.step}"
+
+
+def last_commit(checkpoint: Checkpoint, commit: str) -> dict[str, Any]:
+    """The `lastCommit` that `expand=true` adds to every entry of a revision: its own commit."""
+    return {
+        "lastCommit": {
+            "id": commit,
+            "title": _commit_title(checkpoint),
+            "date": timestamp(checkpoint.updated_at),
+        }
     }
 
 
-def folder_entry(path: str, commit: str) -> dict[str, Any]:
-    """A folder as the tree lists it; its oid changes with the commit (no git tree is kept)."""
-    oid = hashlib.sha1(f"{commit}\x00{path}".encode(), usedforsecurity=False).hexdigest()
-    return {"type": "directory", "oid": oid, "size": 0, "path": path}
+def commit_entry(
+    checkpoint: Checkpoint, commit: str, author: str, *, formatted: bool
+) -> dict[str, Any]:
+    """A commit as `GET /api/models/{repo}/commits/{revision}` lists it: titled by its step, the
+    message naming the checkpoint and its metrics, dated by the checkpoint's last change."""
+    metrics: dict[str, float] = json.loads(checkpoint.metrics_json)
+    message = "\n".join(
+        [f"checkpoint {checkpoint.id}"] + [f"{name}: {metrics[name]!r}" for name in sorted(metrics)]
+    )
+    entry: dict[str, Any] = {
+        "id": commit,
+        "title": _commit_title(checkpoint),
+        "message": message,
+        "authors": [{"user": author}],
+        "date": timestamp(checkpoint.updated_at),
+    }
+    if formatted:
+        entry["formatted"] = {
+            "title": html.escape(entry["title"]),
+            "message": html.escape(message).replace("\n", "<br>"),
+        }
+    return entry
+
+
+def branch(name: str, commit: str) -> dict[str, str]:
+    return {"name": name, "ref": f"refs/heads/{name}", "targetCommit": commit}
+
+
+def refs(branches: list[dict[str, str]], *, pull_requests: bool) -> dict[str, Any]:
+    """`GET /api/models/{repo}/refs`: the branches; no tags, converts or pull requests are kept."""
+    answer: dict[str, Any] = {"branches": branches, "converts": [], "tags": []}
+    if pull_requests:
+        answer["pullRequests"] = []
+    return answer
+
+
+def whoami(caller: Caller) -> dict[str, Any]:
+    """`GET /api/whoami-v2` for a key: the user is the key's entity (not a part of any repository
+    id here), the token's role `read` for a read-only key and `write` for any other."""
+    return {
+        "type": "user",
+        "id": caller.entity,
+        "name": caller.entity,
+        "fullname": caller.entity,
+        "orgs": [],
+        "auth": {
+            "type": "access_token",
+            "accessToken": {"role": "read" if caller.read_only else "write"},
+        },
+    }
 
 
 def sibling(record: FileRecord) -> dict[str, Any]:
