@@ -38,6 +38,10 @@ DELETED_STEPS_LIMIT_DEFAULT: Final = 1000
 SERIES_POINTS_MIN: Final = 4
 SERIES_POINTS_MAX: Final = 10_000
 SERIES_POINTS_DEFAULT: Final = 1000
+# A model's metric names (`GET .../checkpoints/metrics`): 1..10,000 per page, default 1,000 (the most
+# one checkpoint may hold), so a model whose checkpoints share their names answers in one page.
+METRIC_NAMES_LIMIT_MAX: Final = 10_000
+METRIC_NAMES_LIMIT_DEFAULT: Final = MAX_METRICS
 
 # JSON request bodies over this many bytes are refused with 413 (section 5).
 MAX_JSON_BODY_BYTES: Final = 1024 * 1024
@@ -50,6 +54,7 @@ API_PREFIX: Final = "/v1"
 MODELS_PATH: Final = API_PREFIX + "/preview/models"
 CHECKPOINTS_PATH: Final = MODELS_PATH + "/{model_id}/checkpoints"
 SERIES_PATH: Final = CHECKPOINTS_PATH + "/series"
+METRIC_NAMES_PATH: Final = CHECKPOINTS_PATH + "/metrics"
 MODEL_SUMMARY_PATH: Final = MODELS_PATH + "/{model_id}/summary"
 
 # Checkpoint files (section 6): paths of 1..1024 UTF-8 bytes; files lists 1..1000 per page.

@@ -109,6 +109,27 @@ def test_retention_dry_run_then_for_real(client: Client, model_id: str) -> None:
     assert [c.step for c in client.checkpoints.list(model_id)] == [1, 3, 5]
 
 
+def test_metric_names_walks_every_page_in_byte_order(client: Client, model_id: str) -> None:
+    client.checkpoints.register(model_id, step=1, metrics={"eval/acc": 0.5, "loss": 2.0})
+    for step in range(2, 6):
+        client.checkpoints.register(model_id, step=step, metrics={"loss": 1.0, "Reward": 0.1})
+
+    everything = ["Reward", "eval/acc", "loss"]
+    assert list(client.checkpoints.metric_names(model_id)) == everything
+    assert list(client.checkpoints.metric_names(model_id, page_size=1)) == everything
+    assert list(client.checkpoints.metric_names(model_id, after="Reward")) == everything[1:]
+
+
+@pytest.mark.anyio
+async def test_the_async_client_walks_metric_names(async_client: AsyncClient) -> None:
+    model = await async_client.models.create(project="p", name="names", base_model="b")
+    await async_client.checkpoints.register(model.id, step=1, metrics={"b": 1, "a": 2, "c": 3})
+
+    names = [name async for name in async_client.checkpoints.metric_names(model.id, page_size=2)]
+
+    assert names == ["a", "b", "c"]
+
+
 @pytest.mark.anyio
 async def test_the_async_client_has_the_same_methods(async_client: AsyncClient) -> None:
     model = await async_client.models.create(project="p", name="async", base_model="b")

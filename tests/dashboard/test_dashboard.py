@@ -1,6 +1,7 @@
 """The dashboard in headless Chromium, as a user drives it: paste a key, open a model, read its chart
 and table, page, switch metrics, open a checkpoint and download a file, delete a step, preview and
-apply retention; a bad key; a 100,000-checkpoint model opening fast."""
+apply retention; a bad key; a 100,000-checkpoint model opening fast; a metric only old checkpoints
+have, picked and charted."""
 
 from __future__ import annotations
 
@@ -351,3 +352,32 @@ def test_models_sort_and_page_across_all_of_the_entitys_models(
     assert table.all_inner_texts()[:3] == ["run-040", "run-080", "run-005"]
     expect(page.locator("#models-truncated")).to_have_count(0)
     expect(page.locator("main")).not_to_contain_text("null")
+
+
+def test_a_metric_only_early_checkpoints_have_can_be_picked_and_charted(
+    page: Page, site: RunningServer, site_key: str, api: httpx.Client
+) -> None:
+    # 30 checkpoints; `eval/early` only on the first five, which the latest 20 do not reach.
+    model_id = create_model(api, "early-evals", project="evals")
+    for step in range(30):
+        early = {"eval/early": step / 10} if step < 5 else {}
+        register(api, model_id, step, {"loss": 1 / (step + 1), **early})
+    sign_in(page, site, site_key)
+    page.goto(origin(site) + f"/#/models/{model_id}")
+    expect(page.locator("#charts")).to_have_attribute("data-ready", "true")
+    # The first chart is of what the run logs now; the table (the latest 20) has no such column.
+    expect(page.locator("figure.chart")).to_have_count(1)
+    assert chart(page, "loss")["count"] == "30"
+    expect(page.locator("#checkpoints-table thead")).not_to_contain_text("eval/early")
+
+    page.get_by_label("eval/early").check()
+    page.locator("#best-metric").select_option("eval/early")
+    page.locator("#zoom-apply").click()
+
+    expect(page.locator("figure.chart")).to_have_count(2)
+    expect(page.locator('figure.chart[data-metric="eval/early"] .plot')).to_have_attribute(
+        "data-best-step", "4"
+    )
+    early_chart = chart(page, "eval/early")
+    assert (early_chart["points"], early_chart["count"]) == ("5", "5")
+    expect(page.locator("#keep-metric option")).to_have_text(["eval/early", "loss"])

@@ -50,6 +50,7 @@ AUTHENTICATED = [
     Endpoint("PATCH", CHECKPOINTS + "/{checkpoint}", {"metrics": {"eval": 1.0}}),
     Endpoint("GET", CHECKPOINTS + "/best?metric=loss&mode=min"),
     Endpoint("GET", CHECKPOINTS + "/series?metric=loss&points=10"),
+    Endpoint("GET", CHECKPOINTS + "/metrics?limit=10"),
     Endpoint("POST", CHECKPOINTS + "/retention", {"keep_latest": 0}),
 ]
 
@@ -231,6 +232,8 @@ def drive_every_route(api: httpx.Client, name: str = "every-route") -> dict[str,
     assert api.get(f"/preview/models/{model}/summary").json()["checkpoints"] == 2
     series = api.get(f"/preview/models/{model}/checkpoints/series", params={"metric": "loss"})
     assert series.json()["steps"] == [1, 2]
+    names = api.get(f"/preview/models/{model}/checkpoints/metrics")
+    assert names.json()["data"] == ["eval", "loss"]
     origin = str(api.base_url.copy_with(path="/"))  # the dashboard, outside /v1
     assert api.get(origin).status_code == 200
     assert api.get(origin + "dashboard/app.js").status_code == 200

@@ -10,7 +10,13 @@ from typing import Any
 import httpx
 import pytest
 
-from ckpt_registry.contract import SERIES_POINTS_DEFAULT, SERIES_POINTS_MAX, SERIES_POINTS_MIN
+from ckpt_registry.contract import (
+    METRIC_NAMES_LIMIT_DEFAULT,
+    METRIC_NAMES_LIMIT_MAX,
+    SERIES_POINTS_DEFAULT,
+    SERIES_POINTS_MAX,
+    SERIES_POINTS_MIN,
+)
 
 SEED = json.loads((Path(__file__).parents[1] / "fixtures" / "seed-openapi.json").read_text())
 LIST_PATH = "/v1/preview/models/{model_id}/checkpoints"
@@ -89,6 +95,7 @@ def test_every_documented_operation_is_served(document: dict[str, Any]) -> None:
         ("DELETE", LIST_PATH),
         ("GET", LIST_PATH + "/best"),
         ("GET", LIST_PATH + "/series"),
+        ("GET", LIST_PATH + "/metrics"),
         ("POST", LIST_PATH + "/retention"),
         ("GET", LIST_PATH + "/{checkpoint_id}"),
         ("PATCH", LIST_PATH + "/{checkpoint_id}"),
@@ -132,3 +139,20 @@ def test_every_path_parameter_is_declared(document: dict[str, Any]) -> None:
                 if parameter["in"] == "path"
             }
             assert declared == named, (method, path)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_metric_names_operation_documents_its_parameters_and_answer(
+    document: dict[str, Any],
+) -> None:
+    operation = document["paths"][LIST_PATH + "/metrics"]["get"]
+    parameters = {parameter["name"]: parameter for parameter in operation["parameters"]}
+    assert set(parameters) == {"model_id", "after", "limit"}
+    assert parameters["after"]["required"] is False
+    assert parameters["after"]["schema"]["type"] == "string"
+    assert parameters["limit"]["schema"]["maximum"] == METRIC_NAMES_LIMIT_MAX
+    assert parameters["limit"]["schema"]["default"] == METRIC_NAMES_LIMIT_DEFAULT
+    assert set(operation["responses"]) >= {"200", "401", "404", "422"}
+    schema = document["components"]["schemas"]["MetricNameList"]
+    assert set(schema["properties"]) == {"object", "data", "has_more"}
+    assert schema["properties"]["data"]["items"] == {"type": "string"}

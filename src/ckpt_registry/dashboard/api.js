@@ -98,6 +98,7 @@ export const checkpoints = {
   atStep: (modelId, step) => request(`${base(modelId)}/steps/${step}`),
   best: (modelId, metric, mode) => request(`${base(modelId)}/best`, { query: { metric, mode } }),
   series: (modelId, query) => request(`${base(modelId)}/series`, { query }),
+  metricNames: (modelId, query) => request(`${base(modelId)}/metrics`, { query }),
   remove: (modelId, steps) => request(base(modelId), { method: "DELETE", body: { steps } }),
   retention: (modelId, body) => request(`${base(modelId)}/retention`, { method: "POST", body }),
   files: (modelId, id, query) => request(`${base(modelId)}/${encodeURIComponent(id)}/files`, { query }),

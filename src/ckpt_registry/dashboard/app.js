@@ -268,16 +268,25 @@ async function modelsPage(token) {
 
 const defaultMode = (metric) => (/loss|error|perplexity|ppl|wer|cer/i.test(metric) ? "min" : "max");
 
+// Metric names the picker offers at most: one request (the API's largest page), more than a person
+// can pick from.
+const METRIC_NAMES_MAX = 10_000;
+
 async function modelPage(modelId, state, token = generation) {
-  const [model, latestPage, summary] = await Promise.all([
+  const [model, latestPage, summary, namesPage] = await Promise.all([
     models.get(modelId),
     checkpoints.list(modelId, { limit: PAGE, order: "desc" }),
     models.summary(modelId),
+    checkpoints.metricNames(modelId, { limit: METRIC_NAMES_MAX }),
   ]);
-  const names = [...new Set(latestPage.data.flatMap((row) => Object.keys(row.metrics)))];
+  // Every name of the model, however old the checkpoints that have it; the first chart is of a
+  // metric the latest checkpoints have (what the run logs now).
+  const names = namesPage.data;
+  const recent = latestPage.data.flatMap((row) => Object.keys(row.metrics));
+  const first = recent[0] ?? names[0];
   const latest = latestPage.data[0] || null;
-  if (!state.metrics) state.metrics = names.slice(0, 1);
-  if (!state.best && names.length) state.best = { metric: names[0], mode: defaultMode(names[0]) };
+  if (!state.metrics) state.metrics = first === undefined ? [] : [first];
+  if (!state.best && first !== undefined) state.best = { metric: first, mode: defaultMode(first) };
   state.table ??= { order: "desc", cursors: [] };
 
   const chartsBox = h("div", { class: "charts", id: "charts" });
@@ -291,6 +300,10 @@ async function modelPage(modelId, state, token = generation) {
     h("p", { class: "muted", id: "model-facts" },
       `${model.project} · base ${model.base_model} · ${formatNumber(summary.checkpoints)} checkpoints · latest step ${latest ? formatNumber(latest.step) : "—"} · ${summary.files} files, ${formatBytes(summary.stored_bytes)} stored`),
     names.length ? controls : h("p", { class: "muted" }, "No metrics to chart yet."),
+    namesPage.has_more
+      ? h("p", { class: "muted", id: "metrics-truncated", role: "note" },
+        `This model has more than ${formatNumber(METRIC_NAMES_MAX)} metric names: the first ${formatNumber(METRIC_NAMES_MAX)} in byte order are offered.`)
+      : null,
     chartsBox,
     tableBox,
     actions,

@@ -210,6 +210,14 @@ class MetricSeriesResponse(BaseModel):
     values: list[float] = Field(description="The metric's value at each of `steps`")
 
 
+class MetricNameList(BaseModel):
+    """A page of a model's metric names in byte order; the next page is `after` = the last name."""
+
+    object: Literal["list"] = "list"
+    data: list[str] = Field(description="Names some live checkpoint of the model has, each once")
+    has_more: bool
+
+
 class Health(BaseModel):
     pass
 

@@ -1,7 +1,8 @@
 """The registry's rules that do not depend on a database; both backends call these and only do SQL.
 
 What retention keeps, how a metrics merge works and where it stops, what a repeated registration
-means, which steps a delete reports, how a page of deleted steps ends, and which text can be stored are decided here, once.
+means, which steps a delete reports, how a page of deleted steps or metric names ends, and which text
+can be stored are decided here, once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import datetime
 import orjson
 
 from ..contract import MAX_METRICS, MAX_STEP
-from .base import BestRule, DeletedStep, DeletedStepPage, encode_metrics
+from .base import BestRule, DeletedStep, DeletedStepPage, MetricNamePage, encode_metrics
 from .errors import StepConflict, TooManyMetrics, UnstorableText
 
 
@@ -61,6 +62,12 @@ def deleted_step_page(rows: Sequence[tuple[int, datetime]], limit: int) -> Delet
         [DeletedStep(int(step), deleted_at) for step, deleted_at in rows[:limit]],
         len(rows) > limit,
     )
+
+
+def metric_name_page(names: Sequence[str], limit: int) -> MetricNamePage:
+    """A page of metric names from at most `limit + 1` names: the extra one only says that more
+    follow."""
+    return MetricNamePage(list(names[:limit]), len(names) > limit)
 
 
 def check_repeat_registration(

@@ -80,7 +80,8 @@ checkpoint_tombstones = sa.Table(
     sa.Column("step", sa.BigInteger, nullable=False),
     sa.Column("deleted_at", Timestamp, nullable=False),
     sa.Index("ix_checkpoint_tombstones_deleted_at", "deleted_at"),
-    sa.Index("ix_checkpoint_tombstones_model", "model_id"),
+    # A page of deleted steps reads the model's in step order, from the index alone.
+    sa.Index("ix_checkpoint_tombstones_model_step", "model_id", "step", "deleted_at"),
     sqlite_with_rowid=False,
 )
 
@@ -96,21 +97,22 @@ expired_cursors = sa.Table(
     sqlite_with_rowid=False,
 )
 
-# One row per (checkpoint, metric): "best by metric" reads an index instead of every JSON document.
+# Text that sorts in byte order (paths in the files list, metric names in theirs) on both databases:
+# SQLite compares text as bytes; PostgreSQL needs the "C" collation for that.
+ByteOrderedText = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
+
+# One row per (checkpoint, metric): "best by metric" reads an index instead of every JSON document, and
+# the model's metric names are read from the primary key one name at a time.
 checkpoint_metrics = sa.Table(
     "checkpoint_metrics",
     metadata,
     sa.Column("model_id", Id, primary_key=True),
-    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("name", ByteOrderedText, primary_key=True),
     sa.Column("step", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("value", sa.Float(precision=53), nullable=False),
     sa.Index("ix_checkpoint_metrics_best", "model_id", "name", "value", "step"),
     sqlite_with_rowid=False,
 )
-
-# Paths sort in byte order (the files list's order): SQLite compares text as bytes; PostgreSQL needs
-# the "C" collation for that.
-Path = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
 
 # Contents the registry holds, by sha256 (lowercase hex). A row exists while its blob may be in the blob
 # store. `touched_at` is set by every upload just before its blob becomes visible, and by every file that
@@ -132,7 +134,7 @@ checkpoint_files = sa.Table(
     "checkpoint_files",
     metadata,
     sa.Column("checkpoint_id", Id, primary_key=True),
-    sa.Column("path", Path, primary_key=True),
+    sa.Column("path", ByteOrderedText, primary_key=True),
     sa.Column("model_id", Id, nullable=False),
     sa.Column("entity", sa.Text, nullable=False),
     sa.Column("sha256", sa.Text, nullable=False),
@@ -152,7 +154,7 @@ uploads = sa.Table(
     sa.Column("entity", sa.Text, nullable=False),
     sa.Column("model_id", Id, nullable=False),
     sa.Column("checkpoint_id", Id, nullable=False),
-    sa.Column("path", Path, nullable=False),
+    sa.Column("path", ByteOrderedText, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Index("ix_uploads_created_at", "created_at"),
     sa.Index("ix_uploads_checkpoint", "checkpoint_id"),

@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from ...contract import DELETED_STEPS_LIMIT_DEFAULT, LIST_LIMIT_DEFAULT, LIST_ORDER_DEFAULT
+from ...contract import (
+    DELETED_STEPS_LIMIT_DEFAULT,
+    LIST_LIMIT_DEFAULT,
+    LIST_ORDER_DEFAULT,
+    METRIC_NAMES_LIMIT_DEFAULT,
+)
 from .._base import APIRequest, path_segment
 from ..errors import CkptError
 from ..pagination import AsyncPaginator, CursorPage, PageBody
@@ -56,7 +61,7 @@ T = TypeVar("T")
 
 
 # Routes beside `.../checkpoints/{checkpoint_id}`: a checkpoint id can never be one of them.
-_SIBLING_ROUTES = frozenset({"best", "deleted-steps", "retention", "series", "steps"})
+_SIBLING_ROUTES = frozenset({"best", "deleted-steps", "metrics", "retention", "series", "steps"})
 
 
 def _checkpoints_path(model_id: str) -> str:
@@ -178,6 +183,22 @@ def _deleted_steps(
     )
 
 
+def _metric_names(
+    model_id: str, *, after: str | None, limit: int
+) -> APIRequest[tuple[list[str], bool]]:
+    def page(response: httpx.Response) -> tuple[list[str], bool]:
+        body: dict[str, Any] = response.json()
+        return [str(name) for name in body["data"]], bool(body["has_more"])
+
+    return APIRequest(
+        "GET",
+        f"{_checkpoints_path(model_id)}/metrics",
+        page,
+        idempotent=True,
+        params={"after": after, "limit": limit},
+    )
+
+
 def _best(model_id: str, *, metric: str, mode: SortMode) -> APIRequest[CheckpointDetail]:
     return APIRequest(
         "GET",
@@ -268,6 +289,24 @@ class Checkpoints:
             if not (has_more and data):
                 return
             after_step = data[-1].step
+
+    def metric_names(
+        self,
+        model_id: str,
+        *,
+        after: str | None = None,
+        page_size: int = METRIC_NAMES_LIMIT_DEFAULT,
+    ) -> Iterator[str]:
+        """Every metric name the model's live checkpoints have, however old the checkpoints, each
+        once, in byte order of their UTF-8 (after ``after``), walking every page."""
+        while True:
+            data, has_more = self._client._send(
+                _metric_names(model_id, after=after, limit=page_size)
+            )
+            yield from data
+            if not (has_more and data):
+                return
+            after = data[-1]
 
     def best(self, model_id: str, *, metric: str, mode: SortMode = "max") -> CheckpointDetail:
         """The checkpoint with the highest ``metric`` (``mode="max"``, the default, as the
@@ -459,6 +498,24 @@ class AsyncCheckpoints:
             if not (has_more and data):
                 return
             after_step = data[-1].step
+
+    async def metric_names(
+        self,
+        model_id: str,
+        *,
+        after: str | None = None,
+        page_size: int = METRIC_NAMES_LIMIT_DEFAULT,
+    ) -> AsyncIterator[str]:
+        """As :meth:`Checkpoints.metric_names`."""
+        while True:
+            data, has_more = await self._client._send(
+                _metric_names(model_id, after=after, limit=page_size)
+            )
+            for name in data:
+                yield name
+            if not (has_more and data):
+                return
+            after = data[-1]
 
     async def best(self, model_id: str, *, metric: str, mode: SortMode = "max") -> CheckpointDetail:
         """As :meth:`Checkpoints.best`: ``mode`` defaults to ``"max"``; pass ``"min"`` for a loss."""

@@ -17,6 +17,9 @@ from ...contract import (
     LIST_LIMIT_MIN,
     LIST_ORDER_DEFAULT,
     MAX_STEP,
+    METRIC_NAMES_LIMIT_DEFAULT,
+    METRIC_NAMES_LIMIT_MAX,
+    METRIC_NAMES_PATH,
     SERIES_PATH,
     SERIES_POINTS_DEFAULT,
     SERIES_POINTS_MAX,
@@ -38,6 +41,7 @@ from ..schemas import (
     DeletedStepList,
     ErrorDetail,
     MetricName,
+    MetricNameList,
     MetricSeriesResponse,
     MetricsUpdate,
     PaginatedResponse,
@@ -210,6 +214,30 @@ async def metric_series(
             "values": [value for _, value in series.points],
         }
     )
+
+
+@router.get(
+    METRIC_NAMES_PATH.removeprefix(CHECKPOINTS_PATH),
+    summary="List Metric Names",
+    response_model=MetricNameList,
+    responses=MODEL_ERRORS,
+)
+async def list_metric_names(
+    model_id: str,
+    entity: Entity,
+    storage: StorageDep,
+    after: Annotated[
+        MetricName | None,
+        Query(description="Only names after this one in byte order (the last of a page)"),
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=METRIC_NAMES_LIMIT_MAX, description="Names per page")
+    ] = METRIC_NAMES_LIMIT_DEFAULT,
+) -> Response:
+    """Every metric name the model's live checkpoints have, each once, in byte order (UTF-8): what
+    a chart can be drawn of, however old the checkpoints that have it."""
+    page = await storage.list_metric_names(entity, model_id, after=after, limit=limit)
+    return JSONBytes({"object": "list", "data": page.data, "has_more": page.has_more})
 
 
 @router.post(

@@ -21,6 +21,7 @@ from ..base import (
     DeleteResult,
     FilePage,
     FileRecord,
+    MetricNamePage,
     MetricSeries,
     Mode,
     Model,
@@ -65,6 +66,7 @@ from .queries import (
     LIVE_STEPS,
     LOCK_ALL_STEPS,
     LOCK_STEPS,
+    METRIC_NAMES,
     METRIC_SERIES,
     MODEL_COLUMNS,
     MODEL_SUMMARY,
@@ -712,6 +714,22 @@ class PostgresStorage:
 
         rows = await self.pool.run(work, idempotent=True)
         return MetricSeries(len(rows), rules.downsample_series(rows, points))
+
+    async def list_metric_names(
+        self, entity: str, model_id: str, *, after: str | None, limit: int
+    ) -> MetricNamePage:
+        _known_model(entity, model_id)
+        if after is not None:
+            rules.require_storable(after)
+
+        async def work(connection: Connection) -> list[str]:
+            async with connection.transaction(readonly=True):
+                if await connection.fetchval(LIVE_MODEL, model_id, entity) is None:
+                    raise ModelNotFound()
+                rows = await connection.fetch(METRIC_NAMES, model_id, after or "", limit)
+                return [str(row[0]) for row in rows]
+
+        return rules.metric_name_page(await self.pool.run(work, idempotent=True), limit)
 
     async def purge_tombstones(self, older_than: datetime) -> int:
         async def work(connection: Connection) -> int:

