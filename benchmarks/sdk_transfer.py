@@ -11,6 +11,11 @@ the SDK uploads the same folder again, which must send no file bytes (its result
 `/metrics` count of request body bytes). Down: `curl` GETs the files into a folder, `--parallel` at a
 time, then `client.checkpoints.download` into another (each file hashed and renamed into place). The
 table gives MB/s (10^6 bytes/s, wall to wall, median of the rounds) and SDK/curl (target >= 0.8).
+Every timed phase starts after ``sync``, so none pays for the writes of the one before; curl goes
+first in odd rounds, the SDK in even ones. Both download into ``--down-dir``, by default a folder in
+``/dev/shm``: on this project's VM, writing 1 GiB to its ext4 disk took from 0.15 to 4 s at random
+(writeback and online discard), whoever wrote it, which decided the ratio more than the clients did.
+The server's blob store stays on disk, for curl and the SDK alike.
 `--resumable-above 0` makes the SDK send every file as a resumable upload (POST, PATCH, complete)
 instead of one PUT; the server's CPU seconds per GB the SDK uploaded and its count of staged bytes it
 hashed again are printed too. The process's peak RSS is printed last: the SDK moves each file
@@ -43,6 +48,7 @@ MB = 1_000_000
 MIB = 1024 * 1024
 TARGET = 0.8
 TAIL = 32
+SHM = Path("/dev/shm")
 CURL = ["curl", "-sS", "-w", "%{http_code}"]
 
 
@@ -86,6 +92,14 @@ def start_server() -> tuple[Server, str]:
     return server, created.stdout.strip().splitlines()[-1]
 
 
+def settled() -> float:
+    """Flush every dirty page to disk, then start the clock. Each timed phase writes 1 GiB (the
+    server's blob store, or the downloaded files); without this, the phase after another pays for
+    the kernel writing back the one before, and curl always went first."""
+    os.sync()
+    return time.perf_counter()
+
+
 def bytes_up(server: Server) -> float:
     return counted(server, "ckpt_http_body_bytes_total", 'direction="up"')
 
@@ -117,58 +131,79 @@ def one_round(
     round_number: int,
     paths: list[Path],
     folder: Path,
-    parallel: int,
+    options: argparse.Namespace,
     rates: dict[str, list[float]],
     again_seconds: list[float],
     again_bytes: list[float],
     up_cpu: list[float],
 ) -> None:
+    """One round; curl goes first in odd rounds and the SDK in even ones, so neither always
+    meets the machine in the state the other left it."""
     total = sum(p.stat().st_size for p in paths)
+    parallel = options.parallel
     curl_checkpoint = client.checkpoints.register(model_id, step=2 * round_number).id
+    sdk_checkpoint = client.checkpoints.register(model_id, step=2 * round_number + 1).id
     files_url = (
         f"{server.base_url}{CHECKPOINTS_PATH.format(model_id=model_id)}/{curl_checkpoint}/files"
     )
     auth = ["-H", f"Authorization: Bearer {key}"]
-    renew(paths)
-    up = [
-        [*CURL, "-T", str(p), "-o", os.devnull, "-H", "Expect:", *auth, f"{files_url}/{p.name}"]
-        for p in paths
-    ]
-    began = time.perf_counter()
-    in_parallel(parallel, up)
-    rates["curl up"].append(total / (time.perf_counter() - began))
+    curl_down = options.down_dir / "curl"
+    sdk_down = options.down_dir / "sdk"
 
-    renew(paths)
-    sdk_checkpoint = client.checkpoints.register(model_id, step=2 * round_number + 1).id
-    began, cpu = time.perf_counter(), tree_cpu_seconds(server.pid)
-    sent = client.checkpoints.upload(
-        model_id, folder, checkpoint_id=sdk_checkpoint, parallel=parallel
-    )
-    rates["sdk up"].append(total / (time.perf_counter() - began))
-    up_cpu.append((tree_cpu_seconds(server.pid) - cpu) / (total / 1e9))
-    assert sent.bytes_sent == total, sent
+    def curl_up() -> None:
+        renew(paths)
+        up = [
+            [*CURL, "-T", str(p), "-o", os.devnull, "-H", "Expect:", *auth, f"{files_url}/{p.name}"]
+            for p in paths
+        ]
+        began = settled()
+        in_parallel(parallel, up)
+        rates["curl up"].append(total / (time.perf_counter() - began))
 
-    before = bytes_up(server)
-    began = time.perf_counter()
-    again = client.checkpoints.upload(
-        model_id, folder, checkpoint_id=sdk_checkpoint, parallel=parallel
-    )
-    again_seconds.append(time.perf_counter() - began)
-    assert again.bytes_sent == 0 and again.files_skipped == len(paths), again
-    again_bytes.append(bytes_up(server) - before)
+    def sdk_up() -> None:
+        renew(paths)
+        began = settled()
+        cpu = tree_cpu_seconds(server.pid)
+        sent = client.checkpoints.upload(
+            model_id, folder, checkpoint_id=sdk_checkpoint, parallel=parallel
+        )
+        rates["sdk up"].append(total / (time.perf_counter() - began))
+        up_cpu.append((tree_cpu_seconds(server.pid) - cpu) / (total / 1e9))
+        assert sent.bytes_sent == total, sent
+        # The same folder again, before curl's turn (if it is next) renews the files.
+        before = bytes_up(server)
+        began = settled()
+        again = client.checkpoints.upload(
+            model_id, folder, checkpoint_id=sdk_checkpoint, parallel=parallel
+        )
+        again_seconds.append(time.perf_counter() - began)
+        assert again.bytes_sent == 0 and again.files_skipped == len(paths), again
+        again_bytes.append(bytes_up(server) - before)
 
-    curl_down = OUT / "sdk-transfer-curl-down"
-    sdk_down = OUT / "sdk-transfer-sdk-down"
+    def curl_get() -> None:
+        curl_down.mkdir(parents=True)
+        down = [
+            [*CURL, "-o", str(curl_down / p.name), *auth, f"{files_url}/{p.name}"] for p in paths
+        ]
+        began = settled()
+        in_parallel(parallel, down)
+        rates["curl down"].append(total / (time.perf_counter() - began))
+
+    def sdk_get() -> None:
+        began = settled()
+        client.checkpoints.download(
+            model_id, sdk_down, checkpoint_id=sdk_checkpoint, parallel=parallel
+        )
+        rates["sdk down"].append(total / (time.perf_counter() - began))
+
+    curl_first = round_number % 2 == 0
+    for phase in (curl_up, sdk_up) if curl_first else (sdk_up, curl_up):
+        phase()
+
     for stale in (curl_down, sdk_down):
         shutil.rmtree(stale, ignore_errors=True)
-    curl_down.mkdir()
-    down = [[*CURL, "-o", str(curl_down / p.name), *auth, f"{files_url}/{p.name}"] for p in paths]
-    began = time.perf_counter()
-    in_parallel(parallel, down)
-    rates["curl down"].append(total / (time.perf_counter() - began))
-    began = time.perf_counter()
-    client.checkpoints.download(model_id, sdk_down, checkpoint_id=sdk_checkpoint, parallel=parallel)
-    rates["sdk down"].append(total / (time.perf_counter() - began))
+    for phase in (curl_get, sdk_get) if curl_first else (sdk_get, curl_get):
+        phase()
     for done in (curl_down, sdk_down):
         shutil.rmtree(done, ignore_errors=True)
 
@@ -185,6 +220,12 @@ def main() -> None:
         default=None,
         metavar="BYTES",
         help="the SDK sends files above this size as resumable uploads (default: the SDK's own)",
+    )
+    parser.add_argument(
+        "--down-dir",
+        type=Path,
+        default=SHM / "ckpt-sdk-transfer" if SHM.is_dir() else OUT / "sdk-transfer-down",
+        help="where both download (default: in memory, /dev/shm, when there is one)",
     )
     options = parser.parse_args()
     if options.resumable_above is not None:
@@ -214,7 +255,7 @@ def main() -> None:
                     round_number,
                     paths,
                     folder,
-                    options.parallel,
+                    options,
                     rates,
                     again_seconds,
                     again_bytes,
@@ -258,6 +299,7 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(f"  this process's peak RSS: {peak / MB:,.0f} MB ({options.file_mib} MiB files)")
     shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(options.down_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

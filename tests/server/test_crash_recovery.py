@@ -206,15 +206,23 @@ def blob_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def staged_bytes(blob_url: str) -> dict[str, int]:
-    """Each upload staged in the store (docs/files.md: uploads/<id>) with the bytes it holds."""
+    """Each upload staged in the store (docs/files.md: uploads/<id>) with the bytes it holds. A
+    running server's collector may remove one while it is being listed: it is left out."""
     if not blob_url.startswith("s3://"):
-        uploads = Path(blob_url) / "uploads"
-        return {p.name: p.stat().st_size for p in uploads.iterdir() if not p.name.startswith(".")}
+        staged_files: dict[str, int] = {}
+        for path in (Path(blob_url) / "uploads").iterdir():
+            if not path.name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    staged_files[path.name] = path.stat().st_size
+        return staged_files
     s3 = s3_client(os.environ["AWS_ENDPOINT_URL"])
     bucket, folder = urlsplit(blob_url).netloc, "registry/uploads/"
     staged: dict[str, int] = {}
     for upload in s3.list_multipart_uploads(Bucket=bucket, Prefix=folder).get("Uploads", []):
-        parts = s3.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        try:
+            parts = s3.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        except s3.exceptions.NoSuchUpload:
+            continue
         name = upload["Key"].removeprefix(folder)
         staged[name] = sum(part["Size"] for part in parts.get("Parts", []))
     for item in s3.list_objects_v2(Bucket=bucket, Prefix=folder).get("Contents", []):

@@ -83,11 +83,10 @@ T = TypeVar("T")
 #: and the server's per-file work, few enough not to thrash a disk.
 DEFAULT_PARALLEL = 4
 #: Files larger than this go through a resumable upload, which continues after a drop from the
-#: bytes the server kept; smaller ones in one ``PUT``, sent again whole after a drop. Not lower: a
-#: resumable upload costs three requests, and the server (local store) hashes the staged bytes again
-#: at ``complete``, which on a busy 2-core machine took the SDK from ~0.9 to ~0.45 of curl's rate
-#: for 128 MiB files (benchmarks/sdk_transfer.py).
-RESUMABLE_ABOVE = 256 * 1024 * 1024
+#: bytes the server kept; smaller ones in one ``PUT``, sent again whole after a drop (at most this
+#: much again). A resumable upload costs three requests instead of one, nothing at these sizes: the
+#: server keeps the upload's hash between them (blobs/hashstates.py) instead of reading it back.
+RESUMABLE_ABOVE = 16 * 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
 #: How often one file's transfer continues after a dropped connection before giving up.
 MAX_RESUMES = 5
