@@ -285,6 +285,15 @@ def main() -> None:
         ratio = statistics.median(rates[f"sdk {way}"]) / statistics.median(rates[f"curl {way}"])
         verdict = "ok" if ratio >= TARGET else "BELOW TARGET"
         print(f"  SDK/curl {way:<5} {ratio:.2f} (target >= {TARGET}: {verdict})")
+        # Each round's two phases ran minutes apart at most: their ratio is less exposed to a
+        # machine whose speed swings between rounds.
+        paired = [
+            sdk / curl for sdk, curl in zip(rates[f"sdk {way}"], rates[f"curl {way}"], strict=True)
+        ]
+        print(
+            f"    per round: {', '.join(f'{r:.2f}' for r in paired)}; "
+            f"median {statistics.median(paired):.2f}"
+        )
     print(
         f"  second upload of the same folder: {statistics.median(again_seconds):.2f} s, "
         f"0 file bytes sent (request bytes the server received: "
