@@ -27,8 +27,6 @@ class CuttingProxy:
     sent_down: int = 0
     cut_count: int = 0
     port: int = 0
-    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
-    _handlers: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
     @property
     def url(self) -> str:
@@ -70,10 +68,6 @@ class CuttingProxy:
                 writer.close()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
         try:
             server_r, server_w = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -92,37 +86,8 @@ class CuttingProxy:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[CuttingProxy]:
-        ready = threading.Event()
-        stop: list[asyncio.Event] = []
-
-        def serve() -> None:
-            async def main() -> None:
-                server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-                self.port = server.sockets[0].getsockname()[1]
-                stop.append(asyncio.Event())
-                ready.set()
-                async with server:
-                    await stop[0].wait()
-                # Connections a client closed just before the proxy stops may still be winding
-                # down: end them here, so none outlives the loop.
-                for handler in list(self._handlers):
-                    handler.cancel()
-                await asyncio.gather(*self._handlers, return_exceptions=True)
-                await asyncio.sleep(0)
-
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(main())
-            self._loop.close()
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        assert ready.wait(10), "proxy did not start"
-        try:
+        with _serving(self._handle) as self.port:
             yield self
-        finally:
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(stop[0].set)
-            thread.join(10)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

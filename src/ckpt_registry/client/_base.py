@@ -249,6 +249,36 @@ class Attempts(Generic[T]):
         self._attempt = 0
         self._started = time.monotonic()
 
+    def run(
+        self,
+        http: httpx.Client | None,
+        exchange: Callable[[httpx.Request], httpx.Response],
+        sleep: Callable[[float], None],
+    ) -> T:
+        """The whole call, blocking: ``exchange`` sends one attempt's request and returns the
+        response (its body read, unless the request streams); ``sleep`` waits between attempts.
+        An error answer's body is read for its detail, then the response is closed."""
+        while True:
+            http_request = self.next_request(http)
+            try:
+                response = exchange(http_request)
+                if not response.is_success:
+                    try:
+                        response.read()
+                    finally:
+                        response.close()
+            except httpx.TransportError as exc:
+                outcome: T | Retry = self.failed(http_request, exc)
+            else:
+                try:
+                    outcome = self.answered(response)
+                except BaseException:
+                    response.close()
+                    raise
+            if not isinstance(outcome, Retry):
+                return outcome
+            sleep(outcome.delay)
+
     def next_request(self, http: httpx.Client | httpx.AsyncClient | None) -> httpx.Request:
         return self._client._build_request(http, self._request)
 

@@ -73,28 +73,11 @@ class Client(BaseClient):
         self.close()
 
     def _send(self, request: APIRequest[T]) -> T:
-        attempts = Attempts(self, request)
-        while True:
-            http_request = attempts.next_request(self._http)
-            try:
-                response = self._http.send(http_request, stream=request.stream)
-                if not response.is_success:
-                    # An error's detail is in its body: read a streamed one (then close it).
-                    try:
-                        response.read()
-                    finally:
-                        response.close()
-            except httpx.TransportError as exc:
-                outcome: T | Retry = attempts.failed(http_request, exc)
-            else:
-                try:
-                    outcome = attempts.answered(response)
-                except BaseException:
-                    response.close()
-                    raise
-            if not isinstance(outcome, Retry):
-                return outcome
-            time.sleep(outcome.delay)
+        return Attempts(self, request).run(
+            self._http,
+            lambda http_request: self._http.send(http_request, stream=request.stream),
+            time.sleep,
+        )
 
     def _page(self, request: APIRequest[PageBody[ItemT]]) -> CursorPage[ItemT]:
         return CursorPage(

@@ -32,7 +32,7 @@ from urllib.request import getproxies, proxy_bypass
 import anyio
 import httpx
 
-from ._base import APIRequest, Attempts, BaseClient, Retry
+from ._base import APIRequest, Attempts, BaseClient
 from .errors import CkptError
 
 __all__ = ["CHUNK_BYTES", "FileBody", "Stop", "Stopped", "Wire", "in_thread", "read_into"]
@@ -140,11 +140,7 @@ def read_into(response: httpx.Response, buffer: memoryview) -> int:
     body = response.stream
     if not isinstance(body, _Body):
         raise TypeError("read_into reads the responses Wire.send streams")
-    try:
-        return body.readinto(buffer)
-    except (OSError, http.client.HTTPException) as exc:
-        body._stop.check()
-        raise _transport_error(exc, response.request) from exc
+    return body.readinto(buffer)
 
 
 class _Body(httpx.SyncByteStream):
@@ -152,26 +148,37 @@ class _Body(httpx.SyncByteStream):
     body was read to its end and the server keeps the connection open."""
 
     def __init__(
-        self, raw: http.client.HTTPResponse, release: Callable[[bool], None], stop: Stop
+        self,
+        raw: http.client.HTTPResponse,
+        release: Callable[[bool], None],
+        stop: Stop,
+        request: httpx.Request,
     ) -> None:
         self.raw = raw
         self._release = release
         self._stop = stop
+        self._request = request
         self._closed = False
 
     def readinto(self, buffer: memoryview) -> int:
-        """Fill ``buffer`` (less only at the body's end); 0 once it has ended."""
+        """Fill ``buffer`` (less only at the body's end); 0 once it has ended. A body cut short
+        raises ``httpx.TransportError``, as every failure Attempts knows."""
         self._stop.check()
-        got = self.raw.readinto(buffer)
-        if not got and buffer and self.raw.length:
-            # http.client's readinto ends quietly where the connection did; short of the length
-            # the server declared, that is a body cut short.
-            raise http.client.IncompleteRead(b"", self.raw.length)
+        try:
+            got = self.raw.readinto(buffer)
+            if not got and buffer and self.raw.length:
+                # http.client's readinto ends quietly where the connection did; short of the
+                # length the server declared, that is a body cut short.
+                raise http.client.IncompleteRead(b"", self.raw.length)
+        except (OSError, http.client.HTTPException) as exc:
+            self._stop.check()  # a socket this transfer's stop shut: not an error of its own
+            raise _transport_error(exc, self._request) from exc
         return got
 
     def __iter__(self) -> Iterator[bytes]:
-        while piece := self.raw.read(CHUNK_BYTES):
-            yield piece
+        buffer = memoryview(bytearray(CHUNK_BYTES))
+        while got := self.readinto(buffer):
+            yield bytes(buffer[:got])
 
     def close(self) -> None:
         if self._closed:
@@ -206,28 +213,18 @@ class Wire:
         """``request`` (with ``body`` as its body, when given), retried as the SDK's requests
         are. With ``request.stream`` the response reaching ``parse`` has a :class:`_Body`
         stream (``response.stream``) to ``readinto``; the caller closes the response."""
-        attempts = Attempts(self._client, request)
-        while True:
+
+        def exchange(http_request: httpx.Request) -> httpx.Response:
             self.stop.check()
-            http_request = attempts.next_request(None)
-            try:
-                response = self._exchange(http_request, body)
-                if not request.stream or not response.is_success:
-                    try:
-                        response.read()
-                    finally:
-                        response.close()
-            except httpx.TransportError as exc:
-                outcome: T | Retry = attempts.failed(http_request, exc)
-            else:
+            response = self._exchange(http_request, body)
+            if not request.stream:
                 try:
-                    outcome = attempts.answered(response)
-                except BaseException:
+                    response.read()
+                finally:
                     response.close()
-                    raise
-            if not isinstance(outcome, Retry):
-                return outcome
-            self.stop.wait(outcome.delay)
+            return response
+
+        return Attempts(self._client, request).run(None, exchange, self.stop.wait)
 
     # One exchange -------------------------------------------------------------------------------
 
@@ -283,7 +280,7 @@ class Wire:
         return httpx.Response(
             raw.status,
             headers=raw.getheaders(),
-            stream=_Body(raw, release, self.stop),
+            stream=_Body(raw, release, self.stop, request),
             request=request,
         )
 
